@@ -32,7 +32,7 @@ class DataError(InvalidInputError):
                 where += f" (field {field!r})"
             where += ": "
         super().__init__(where + message)
-        self.path, self.line, self.field = path, line, field
+        self.reason, self.path, self.line, self.field = message, path, line, field
 
 
 class NotFoundError(UnimirError, LookupError):

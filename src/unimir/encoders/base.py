@@ -7,11 +7,19 @@ UniIR's score fusion: a weighted sum of the unit-norm parts, renormalised.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:  # heavy or circular imports, needed only for annotations
+    from PIL import Image
+
+    from ..data.problems import Problems
+    from .cache import EmbeddingCache
 
 
 @dataclass
@@ -60,3 +68,145 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.maximum(norms, eps)
+
+
+# --- items and the encoder base class ------------------------------------------------------------------------
+
+@dataclass
+class Item:
+    """What an encoder consumes: optional text and an optional image (a file path, raw bytes or a PIL image)."""
+
+    text: str | None = None
+    image: "str | os.PathLike | bytes | Image.Image | None" = None
+    name: str | None = None  # shown in error messages (a did, a qid, a file name)
+
+    @property
+    def has_text(self) -> bool:
+        return self.text is not None and self.text.strip() != ""
+
+    @property
+    def has_image(self) -> bool:
+        return self.image is not None
+
+
+class Encoder(ABC):
+    """Items in, L2-normalised float32 part vectors out.
+
+    Subclasses implement two batch primitives, ``embed_texts`` and ``embed_images``; this class adds batching,
+    progress bars, the on-disk cache and per-item error handling. ``role`` ("query" or "candidate") is passed
+    to subclasses that embed the two sides differently (asymmetric encoders); the built-in ones do not.
+    """
+
+    #: spec string that reloads this encoder through :func:`unimir.encoders.load_encoder`
+    spec: str
+    dim: int
+    text_batch_size: int = 64
+    image_batch_size: int = 8
+
+    @abstractmethod
+    def embed_texts(self, texts: list[str], role: str = "candidate") -> np.ndarray:
+        """float32 [n, dim], unit rows."""
+
+    @abstractmethod
+    def embed_images(self, images: "list[Image.Image]", role: str = "candidate") -> np.ndarray:
+        """float32 [n, dim], unit rows; images are RGB."""
+
+    # ------------------------------------------------------------------------------------------------------
+    def encode(self, items: Sequence[Item], role: str = "candidate", *, batch_size: int | None = None,
+               progress: bool = False, cache: "EmbeddingCache | None" = None,
+               problems: "Problems | None" = None) -> tuple[Features, np.ndarray]:
+        """Encode items into parts. Returns (features for the items that worked, bool [n] mask of those items).
+
+        A missing or corrupt image is reported to ``problems`` and its item left out; without a ``problems``
+        sink the first bad item raises (the right behaviour for a single query).
+        """
+        from ..data.problems import Problems
+
+        problems = problems if problems is not None else Problems(strict=True)
+        n = len(items)
+        ok = np.ones(n, dtype=bool)
+        feats = Features.empty(self.dim, n)
+        text_rows = [i for i, it in enumerate(items) if it.has_text]
+        image_rows = [i for i, it in enumerate(items) if it.has_image]
+        for i, it in enumerate(items):
+            if not it.has_text and not it.has_image:
+                problems.add("empty item: give a text, an image or both", item=it.name)
+                ok[i] = False
+        if text_rows:
+            vecs = self._encode_texts([items[i].text for i in text_rows], role, batch_size, progress, cache)
+            feats.text[text_rows] = vecs
+            feats.text_mask[text_rows] = True
+        if image_rows:
+            vecs, good = self._encode_images([items[i] for i in image_rows], role, batch_size, progress, cache,
+                                             problems)
+            rows = np.asarray(image_rows)
+            feats.image[rows[good]] = vecs[good]
+            feats.image_mask[rows[good]] = True
+            ok[rows[~good]] = False
+        return feats[ok], ok
+
+    def _encode_texts(self, texts, role, batch_size, progress, cache) -> np.ndarray:
+        keys = [hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts]
+        found = cache.get_many(self.spec, f"text:{role}", list(set(keys))) if cache else {}
+        todo = list(dict.fromkeys(k for k in keys if k not in found))
+        by_key = {k: t for k, t in zip(keys, texts)}
+        bs = batch_size or self.text_batch_size
+        fresh: dict[str, np.ndarray] = {}
+        with _progress(len(todo), "encode texts", progress) as bar:
+            for start in range(0, len(todo), bs):
+                chunk = todo[start:start + bs]
+                fresh.update(zip(chunk, self.embed_texts([by_key[k] for k in chunk], role)))
+                bar.update(len(chunk))
+        if cache and fresh:
+            cache.put_many(self.spec, f"text:{role}", fresh)
+        found.update(fresh)
+        return np.stack([found[k] for k in keys]).astype(np.float32)
+
+    def _encode_images(self, items, role, batch_size, progress, cache, problems) -> tuple[np.ndarray, np.ndarray]:
+        from ..data.images import bytes_digest, file_digest, open_image
+        from ..errors import UnimirError
+
+        n = len(items)
+        out = np.zeros((n, self.dim), np.float32)
+        good = np.zeros(n, dtype=bool)
+        keys: list[str | None] = []
+        for it in items:  # digest first (cheap), so cached images are never decoded
+            try:
+                if isinstance(it.image, (bytes, bytearray)):
+                    keys.append(bytes_digest(bytes(it.image)))
+                elif isinstance(it.image, (str, os.PathLike)):
+                    keys.append(file_digest(it.image))
+                else:
+                    keys.append(None)
+            except OSError:
+                keys.append(None)  # open_image below reports the file properly
+        found = cache.get_many(self.spec, f"image:{role}", list({k for k in keys if k})) if cache else {}
+        todo = [i for i, k in enumerate(keys) if k is None or k not in found]
+        for i, k in enumerate(keys):
+            if k is not None and k in found:
+                out[i], good[i] = found[k], True
+        bs = batch_size or self.image_batch_size
+        fresh: dict[str, np.ndarray] = {}
+        with _progress(len(todo), "encode images", progress) as bar:
+            for start in range(0, len(todo), bs):
+                rows, images = [], []
+                for i in todo[start:start + bs]:
+                    try:
+                        images.append(open_image(items[i].image, name=items[i].name))
+                        rows.append(i)
+                    except UnimirError as exc:
+                        problems.add(str(exc), item=items[i].name)
+                if images:
+                    vecs = self.embed_images(images, role)
+                    out[rows], good[rows] = vecs, True
+                    fresh.update((keys[i], v) for i, v in zip(rows, vecs) if keys[i] is not None)
+                bar.update(min(bs, len(todo) - start))
+        if cache and fresh:
+            cache.put_many(self.spec, f"image:{role}", fresh)
+        return out, good
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="item", disable=not enabled or total == 0, leave=False)

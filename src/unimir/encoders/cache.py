@@ -1,0 +1,53 @@
+"""On-disk embedding cache, so re-indexing unchanged items costs nothing.
+
+Keyed by (encoder spec, part, content digest): a text by the digest of its string, an image by the digest of its
+file bytes. Stored in SQLite (stdlib, safe to read: no pickle), one float32 blob per vector.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+import numpy as np
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("UNIMIR_CACHE_DIR") or Path.home() / ".cache" / "unimir")
+
+
+class EmbeddingCache:
+    def __init__(self, path: "str | os.PathLike | None" = None):
+        path = Path(path) if path is not None else default_cache_dir() / "embeddings.sqlite"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS emb (encoder TEXT, part TEXT, key TEXT, vec BLOB, "
+                             "PRIMARY KEY (encoder, part, key))")
+            self._db.commit()
+
+    def get_many(self, encoder: str, part: str, keys: list[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start:start + 500]
+                rows = self._db.execute(
+                    f"SELECT key, vec FROM emb WHERE encoder=? AND part=? AND key IN ({','.join('?' * len(chunk))})",
+                    [encoder, part, *chunk]).fetchall()
+                found.update((k, np.frombuffer(v, dtype=np.float32)) for k, v in rows)
+        return found
+
+    def put_many(self, encoder: str, part: str, items: dict[str, np.ndarray]) -> None:
+        with self._lock:
+            self._db.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?, ?, ?)",
+                                 [(encoder, part, k, np.asarray(v, np.float32).tobytes()) for k, v in items.items()])
+            self._db.commit()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,92 @@
+"""CLIP-family dual encoders through transformers (``hf:<hub id or local dir>``): CLIPModel and SiglipModel.
+
+Loads from a local directory offline, or from the hub when online. Preprocessing is done with Pillow and torch
+(torchvision, which transformers' fast image processors need, does not work with the CPU torch wheel).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import NotFoundError, UnimirError
+from .base import Encoder, l2_normalize
+from .preprocess import center_crop_tensor
+
+_CLIP_MEAN, _CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+_SUPPORTED = ("clip", "siglip")
+
+
+class HFDualEncoder(Encoder):
+    """A CLIP or SigLIP checkpoint. ``name`` is a hub id (``openai/clip-vit-base-patch32``) or a local directory."""
+
+    text_batch_size = 64
+    image_batch_size = 16
+
+    def __init__(self, name: str, device: str = "cpu", threads: int | None = None):
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.name, self.spec, self.device = name, f"hf:{name}", device
+        try:
+            config = AutoConfig.from_pretrained(name)
+        except OSError as exc:
+            raise NotFoundError(f"cannot load model config for {name!r}: not a local directory with config.json "
+                                f"and not reachable on the hub ({exc.__class__.__name__})") from None
+        self.model_type = config.model_type
+        if self.model_type not in _SUPPORTED:
+            raise UnimirError(f"{name!r} is a {self.model_type!r} model; hf: encoders support {_SUPPORTED}")
+        self.model = AutoModel.from_pretrained(name).eval().to(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(name)
+        text_vocab = config.text_config.vocab_size
+        # An offline CLIPTokenizer of a missing repo can come back with a 2-token vocabulary instead of failing.
+        if len(self.tokenizer) > text_vocab or len(self.tokenizer) < text_vocab // 2:
+            raise UnimirError(f"tokenizer of {name!r} has {len(self.tokenizer)} tokens but the model's text "
+                              f"embedding has {text_vocab}: the tokenizer files are missing or do not belong "
+                              "to this model")
+        self.max_length = int(getattr(config.text_config, "max_position_embeddings", 77))
+        self.image_size = int(config.vision_config.image_size)
+        self.dim = int(getattr(config, "projection_dim", None) or config.text_config.hidden_size)
+        pre = _preprocessor_config(name)
+        siglip = self.model_type == "siglip"
+        self.mean = tuple(pre.get("image_mean", (0.5,) * 3 if siglip else _CLIP_MEAN))
+        self.std = tuple(pre.get("image_std", (0.5,) * 3 if siglip else _CLIP_STD))
+        self.crop = not siglip  # SigLIP resizes to a square, CLIP resizes the short side then centre-crops
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: list[str], role: str = "candidate") -> np.ndarray:
+        padding = "max_length" if self.model_type == "siglip" else True  # SigLIP was trained on padded text
+        batch = self.tokenizer(texts, padding=padding, truncation=True, max_length=self.max_length,
+                               return_tensors="pt").to(self.device)
+        batch.pop("token_type_ids", None)
+        return l2_normalize(_pooled(self.model.get_text_features(**batch)).float().cpu().numpy())
+
+    @torch.inference_mode()
+    def embed_images(self, images, role: str = "candidate") -> np.ndarray:
+        pixels = torch.stack([center_crop_tensor(im, self.image_size, mean=self.mean, std=self.std, scale=1 / 255,
+                                                 crop=self.crop) for im in images]).to(self.device)
+        return l2_normalize(_pooled(self.model.get_image_features(pixel_values=pixels)).float().cpu().numpy())
+
+
+def _pooled(out) -> torch.Tensor:
+    # transformers 4 returns the projected tensor, transformers 5 an output object whose pooler_output it is
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def _preprocessor_config(name: str) -> dict:
+    local = Path(name) / "preprocessor_config.json"
+    if local.is_file():
+        return json.loads(local.read_text())
+    if os.path.isdir(name):
+        return {}
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(name, "preprocessor_config.json")).read_text())
+    except Exception:  # no such file or offline: fall back to the model family's defaults
+        return {}

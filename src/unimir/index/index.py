@@ -1,0 +1,355 @@
+"""``Index``: the one backend object. Build, load, add, search; the CLI, the Python API and the server all use it."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from ..data.images import bytes_digest, file_digest, open_image
+from ..data.ingest import load_pool
+from ..data.mbeir import format_text, query_text
+from ..data.problems import Problems
+from ..data.records import Candidate, Modality, parse_modalities
+from ..encoders import EmbeddingCache, Encoder, Features, Item, load_encoder
+from ..errors import IndexFormatError, InvalidInputError, NotFoundError
+from ..ranking import Ranking
+from .dense import DenseIndex, DenseSpec
+from .store import Manifest, atomic_write_bytes, commit_manifest, generation_name, now
+
+MODES = ("dense", "generative", "generative-rerank", "quantize")
+MAX_K = 1000
+INDEX_MEDIA = "index:"  # img_path prefix of images stored inside the index directory (uploads)
+
+
+@dataclass
+class SearchHit:
+    rank: int
+    did: str
+    modality: str
+    score: float
+    txt: str | None
+    img_path: str | None
+    tie_group: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rank": self.rank, "did": self.did, "modality": self.modality, "score": self.score,
+                "txt": self.txt, "img_path": self.img_path, "tie_group": self.tie_group}
+
+
+@dataclass
+class SearchResult:
+    hits: list[SearchHit]
+    mode: str
+    query_text: str | None  # the text the encoder saw: instruction + query, formatted
+    timings_ms: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mode": self.mode, "query_text": self.query_text, "timings_ms": self.timings_ms,
+                "results": [h.to_json() for h in self.hits]}
+
+
+class Index:
+    """A searchable candidate pool: records, encoder features, a FAISS index and, once trained, a generative model.
+
+    Attributes: ``candidates`` (list[Candidate], row order), ``features`` (:class:`Features`, parts float32
+    [N, d]), ``fused`` (float32 [N, d] score-fusion vectors), ``modality_codes`` (int8 [N]).
+    """
+
+    def __init__(self, manifest: Manifest, candidates: list[Candidate], features: Features,
+                 image_digests: list[str | None], dense: DenseIndex, *, path: Path | None = None,
+                 root: Path | None = None, generative=None, encoder: Encoder | None = None):
+        self.manifest, self.candidates, self.features = manifest, candidates, features
+        self.image_digests, self.dense, self.generative = image_digests, dense, generative
+        self.path = Path(path) if path else None
+        self.root = Path(root) if root else (Path(manifest.root) if manifest.root else None)
+        self.fused = features.fused(manifest.fusion_weights)
+        self.modality_codes = np.asarray([c.modality.code for c in candidates], dtype=np.int8)
+        self.row_of = {c.did: i for i, c in enumerate(candidates)}
+        self._encoder = encoder
+        self._write_lock = threading.Lock()  # writes are serialised; searches read immutable snapshots
+
+    # --- construction --------------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, source: "str | Path | Sequence[Candidate]", out: "str | Path | None" = None, *,
+              root: "str | Path | None" = None, encoder: "str | Encoder" = "builtin", index: str = "flat",
+              fusion_weights: tuple[float, float] = (1.0, 1.0), problems: Problems | None = None,
+              progress: bool = False, batch_size: int | None = None, cache: bool = True) -> "Index":
+        """Encode a pool (M-BEIR jsonl, image folder, text file, or a list of Candidate) into a new index.
+
+        Bad items (missing or corrupt images, malformed lines) are skipped and recorded in ``problems``;
+        pass ``Problems(strict=True)`` to fail on the first one. Saved atomically to ``out`` when given.
+        """
+        problems = problems if problems is not None else Problems()
+        if isinstance(source, (str, Path)):
+            candidates, root_path = load_pool(source, root, problems)
+        else:
+            candidates, root_path = list(source), Path(root or ".").resolve()
+        enc = load_encoder(encoder) if isinstance(encoder, str) else encoder
+        spec = DenseSpec.parse(index)
+        manifest = Manifest(encoder=enc.spec, dim=enc.dim, index_spec=spec.spec,
+                            fusion_weights=tuple(float(w) for w in fusion_weights), root=str(root_path),
+                            created=now())
+        idx = cls(manifest, [], Features.empty(enc.dim), [], DenseIndex(enc.dim, spec), root=root_path, encoder=enc)
+        idx.add(candidates, problems=problems, progress=progress, batch_size=batch_size, cache=cache, save=False)
+        if not idx.candidates:
+            raise InvalidInputError("no item could be indexed" + (f":\n{problems.summary()}" if len(problems) else ""))
+        if out is not None:
+            idx.save(out)
+        return idx
+
+    @classmethod
+    def load(cls, path: "str | Path", *, root: "str | Path | None" = None, encoder: Encoder | None = None) -> "Index":
+        """Load an index directory. ``root`` overrides the data root recorded at build time (a moved dataset)."""
+        path = Path(path)
+        m = Manifest.read(path)
+        try:
+            with open(path / m.files["candidates"], encoding="utf-8") as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+            arrays = load_file(str(path / m.files["features"]))
+            blobs = load_file(str(path / m.files["dense"]))
+        except (KeyError, OSError, ValueError) as exc:
+            raise IndexFormatError(f"{path}: index files are missing or unreadable ({exc}); rebuild the index") from None
+        candidates = [Candidate(r["did"], Modality.parse(r["modality"]), r.get("txt"), r.get("img_path"),
+                                r.get("src_content")) for r in rows]
+        features = Features(arrays["image"].astype(np.float32), arrays["text"].astype(np.float32),
+                            arrays["image_mask"].astype(bool), arrays["text_mask"].astype(bool))
+        if len(candidates) != m.num_items or len(features) != m.num_items:
+            raise IndexFormatError(f"{path}: manifest says {m.num_items} items but found {len(candidates)} records "
+                                   f"and {len(features)} feature rows; rebuild the index")
+        codes = np.asarray([c.modality.code for c in candidates], dtype=np.int8)
+        dense = DenseIndex.deserialize(m.dim, DenseSpec.parse(m.index_spec),
+                                       {int(k.rsplit("_", 1)[1]): v for k, v in blobs.items()}, codes)
+        generative = None
+        if m.generative and m.files.get("generative"):
+            from ..generator import GenerativeRetriever
+
+            generative = GenerativeRetriever.load(path / m.files["generative"])
+        return cls(m, candidates, features, [r.get("image_sha1") for r in rows], dense, path=path,
+                   root=Path(root) if root else None, generative=generative, encoder=encoder)
+
+    # --- persistence ---------------------------------------------------------------------------------------
+    def save(self, path: "str | Path | None" = None) -> Path:
+        """Write a new generation of files and switch the manifest to it atomically."""
+        path = Path(path) if path is not None else self.path
+        if path is None:
+            raise InvalidInputError("no index directory given to save to")
+        path.mkdir(parents=True, exist_ok=True)
+        previous = Manifest.read(path).generation if (path / "manifest.json").exists() else 0
+        m = self.manifest
+        m.generation = max(m.generation, previous) + 1
+        files = {"candidates": generation_name("candidates", m.generation, ".jsonl"),
+                 "features": generation_name("features", m.generation, ".safetensors"),
+                 "dense": generation_name("dense", m.generation, ".safetensors")}
+        lines = []
+        for c, digest in zip(self.candidates, self.image_digests):
+            rec = c.to_json()
+            if digest:
+                rec["image_sha1"] = digest
+            lines.append(json.dumps(rec, ensure_ascii=False))
+        atomic_write_bytes(path / files["candidates"], ("\n".join(lines) + "\n").encode())
+        f = self.features
+        _save_safetensors(path / files["features"], {
+            "image": f.image.astype(np.float16), "text": f.text.astype(np.float16),
+            "image_mask": f.image_mask.astype(np.uint8), "text_mask": f.text_mask.astype(np.uint8)})
+        _save_safetensors(path / files["dense"], {f"modality_{c}": b for c, b in self.dense.serialize().items()})
+        if self.generative is not None:
+            files["generative"] = generation_name("generative", m.generation)
+            self.generative.save(path / files["generative"])
+            m.generative = {"spec": getattr(self.generative, "spec", None)}
+        m.files, m.num_items = files, len(self.candidates)
+        m.modality_counts = {mod.value: int((self.modality_codes == mod.code).sum()) for mod in Modality}
+        commit_manifest(path, m)
+        self.path = path
+        return path
+
+    # --- adding --------------------------------------------------------------------------------------------
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            self._encoder = load_encoder(self.manifest.encoder)
+        return self._encoder
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    def add(self, candidates: Sequence[Candidate], *, root: "str | Path | None" = None,
+            problems: Problems | None = None, progress: bool = False, batch_size: int | None = None,
+            cache: bool = True, save: bool = True) -> int:
+        """Encode and append candidates without rebuilding; returns how many were added.
+
+        Image paths resolve against ``root`` (default: the index's data root). Items with a duplicate id or a
+        bad image are skipped and recorded in ``problems`` (or raise, when it is strict or not given).
+        The index is re-saved atomically when it has a directory and ``save`` is true.
+        """
+        problems = problems if problems is not None else Problems(strict=True)
+        with self._write_lock:
+            root_path = Path(root).resolve() if root else self.root
+            fresh, seen = [], set(self.row_of)
+            for c in candidates:
+                if c.did in seen:
+                    problems.add(f"duplicate candidate id {c.did!r}", item=c.did)
+                    continue
+                seen.add(c.did)
+                if c.txt is not None:
+                    c = Candidate(c.did, c.modality, format_text(c.txt), c.img_path, c.src_content)
+                if c.img_path and root_path is not None and root_path != self.root and not c.img_path.startswith(INDEX_MEDIA):
+                    c = Candidate(c.did, c.modality, c.txt, str((root_path / c.img_path).resolve()), c.src_content)
+                fresh.append(c)
+            if not fresh:
+                return 0
+            items = [Item(c.txt, self.image_path(c) if c.img_path else None, name=c.did) for c in fresh]
+            enc_cache = EmbeddingCache() if cache else None
+            try:
+                feats, ok = self.encoder.encode(items, "candidate", batch_size=batch_size, progress=progress,
+                                                cache=enc_cache, problems=problems)
+            finally:
+                if enc_cache:
+                    enc_cache.close()
+            kept = [c for c, good in zip(fresh, ok) if good]
+            if not kept:
+                return 0
+            digests = [file_digest(self.image_path(c)) if c.img_path else None for c in kept]
+            self._append(kept, feats, digests)
+            if save and self.path is not None:
+                self.save()
+            return len(kept)
+
+    def add_upload(self, *, text: str | None = None, image: bytes | None = None, did: str | None = None,
+                   src_content: str | None = None) -> Candidate:
+        """Add one item from raw content (the server's POST /items); an image is stored inside the index."""
+        if self.path is None:
+            raise InvalidInputError("this index has no directory to store uploaded images in")
+        if (text is None or not text.strip()) and not image:
+            raise InvalidInputError("an item needs a text, an image or both")
+        img_path = None
+        if image:
+            picture = open_image(image, name="uploaded image")  # refuse undecodable bytes before storing them
+            digest = bytes_digest(image)
+            suffix = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp"}.get(picture.format or "", ".png")
+            media = self.path / "media"
+            media.mkdir(exist_ok=True)
+            target = media / f"{digest}{suffix}"
+            if not target.exists():
+                atomic_write_bytes(target, image)
+            img_path = f"{INDEX_MEDIA}media/{target.name}"
+        did = did or f"u:{bytes_digest((text or '').encode() + (image or b''))[:12]}"
+        cand = Candidate(did, Modality.of(bool(text and text.strip()), bool(image)), text, img_path, src_content)
+        self.add([cand])
+        return self.candidates[self.row_of[did]]
+
+    def _append(self, kept: list[Candidate], feats: Features, digests: list[str | None]) -> None:
+        first = len(self.candidates)
+        codes = np.asarray([c.modality.code for c in kept], dtype=np.int8)
+        fused = feats.fused(self.manifest.fusion_weights)
+        self.dense.add(fused, codes, first)
+        if self.generative is not None:
+            self.generative.add(feats, codes)
+        # new objects rather than in-place growth, so concurrent readers keep a consistent snapshot
+        self.features = Features.concat([self.features, feats], self.manifest.dim)
+        self.fused = np.concatenate([self.fused, fused])
+        self.modality_codes = np.concatenate([self.modality_codes, codes])
+        self.candidates = self.candidates + kept
+        self.image_digests = self.image_digests + digests
+        self.row_of = {**self.row_of, **{c.did: first + i for i, c in enumerate(kept)}}
+        self.manifest.num_items = len(self.candidates)
+
+    # --- lookup --------------------------------------------------------------------------------------------
+    def get(self, did: str) -> Candidate:
+        try:
+            return self.candidates[self.row_of[did]]
+        except KeyError:
+            raise NotFoundError(f"no item with id {did!r} in this index") from None
+
+    def image_path(self, cand: Candidate) -> Path:
+        """The file behind a candidate's image. Only paths recorded in the index ever reach the filesystem."""
+        if not cand.img_path:
+            raise NotFoundError(f"item {cand.did!r} has no image")
+        if cand.img_path.startswith(INDEX_MEDIA):
+            if self.path is None:
+                raise NotFoundError(f"item {cand.did!r}: its image lives in an unsaved index")
+            return self.path / cand.img_path[len(INDEX_MEDIA):]
+        p = Path(cand.img_path)
+        if p.is_absolute() or self.root is None:
+            return p
+        return self.root / p
+
+    # --- search --------------------------------------------------------------------------------------------
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The retrieval modes this index supports (generative ones need ``unimir train``)."""
+        return MODES if self.generative is not None and self.generative.is_trained else ("dense",)
+
+    def search(self, text: str | None = None, image: "str | Path | bytes | None" = None, *,
+               instruction: str | None = None, modality: "str | Sequence[str] | None" = None, k: int = 10,
+               mode: str = "dense", beams: int | None = None, exclude_query: bool = False) -> SearchResult:
+        """Search by text, image or both. ``modality`` filters candidates ('image', 'text', 'image,text', or a
+        list / 'image|text'); ``exclude_query`` drops candidates identical to the query (same image bytes or
+        same text). Scores are cosines for dense mode and log-probabilities for generative modes."""
+        t0 = time.perf_counter()
+        self._check_request(k, mode)
+        has_text = text is not None and text.strip() != ""
+        if not has_text and image is None:
+            raise InvalidInputError("empty query: give a text, an image or both")
+        qtext = query_text(text if has_text else None, instruction)
+        allowed = parse_modalities(modality)
+        feats, _ = self.encoder.encode([Item(qtext, image, name="query")], "query")
+        t1 = time.perf_counter()
+        duplicates = self._duplicates_of(text if has_text else None, image) if exclude_query else set()
+        ranking = self.search_features(feats, [allowed], k + len(duplicates), mode=mode, beams=beams)[0]
+        if duplicates:
+            keep = ~np.isin(ranking.indices, list(duplicates))
+            ranking = Ranking(ranking.indices[keep], ranking.scores[keep], ranking.tie_groups[keep])
+        ranking = ranking.top(k)
+        t2 = time.perf_counter()
+        hits = [SearchHit(i + 1, c.did, c.modality.value, float(s), c.txt, c.img_path, int(g))
+                for i, (c, s, g) in enumerate(zip((self.candidates[r] for r in ranking.indices), ranking.scores,
+                                                  ranking.tie_groups))]
+        ms = lambda a, b: round((b - a) * 1000, 2)  # noqa: E731
+        return SearchResult(hits, mode, qtext, {"encode": ms(t0, t1), "search": ms(t1, t2), "total": ms(t0, t2)})
+
+    def search_features(self, queries: Features, allowed: "Sequence[Sequence[Modality] | None]", k: int, *,
+                        mode: str = "dense", beams: int | None = None) -> list[Ranking]:
+        """Batch search with encoded queries. ``allowed``: per query, the candidate modalities to consider
+        (None = any). Returns one :class:`Ranking` per query with tie groups whole (see ``Ranking``)."""
+        self._check_request(k, mode)
+        codes = [None if a is None else tuple(m.code for m in a) for a in allowed]
+        if mode == "dense":
+            return self.dense.search(queries.fused(self.manifest.fusion_weights), k, codes)
+        return self.generative.search(queries, codes, k=k, mode=mode, beams=beams,
+                                      query_fused=queries.fused(self.manifest.fusion_weights),
+                                      cand_fused=self.fused)
+
+    def _check_request(self, k: int, mode: str) -> None:
+        if mode not in MODES:
+            raise InvalidInputError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+        if mode not in self.modes:
+            raise InvalidInputError(f"mode {mode!r} needs a trained generative model: run 'unimir train' on this "
+                                    "index first")
+        if not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
+            raise InvalidInputError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+
+    def _duplicates_of(self, text: str | None, image) -> set[int]:
+        rows: set[int] = set()
+        if image is not None:
+            digest = bytes_digest(bytes(image)) if isinstance(image, (bytes, bytearray)) else file_digest(image)
+            rows.update(i for i, d in enumerate(self.image_digests) if d == digest)
+        if text is not None:
+            wanted = format_text(text)
+            rows.update(i for i, c in enumerate(self.candidates) if c.txt == wanted and not c.img_path)
+        return rows
+
+
+def _save_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    tmp.replace(path)
