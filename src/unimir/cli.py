@@ -83,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", help="show an index's manifest")
     s.add_argument("index_dir")
 
+    s = sub.add_parser("serve", help="serve an index over HTTP, with a search page at /")
+    s.add_argument("index_dir")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--root", help="override the data root recorded in the index")
+    s.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload (default 10 MB)")
+
     s = sub.add_parser("demo", help="index the bundled demo corpus, search it and evaluate it")
     s.add_argument("--out", help="where to put the demo index (default: the unimir cache folder)")
     s.add_argument("--fast", action="store_true", help="skip generative training")
@@ -188,6 +195,14 @@ def cmd_info(args, progress: bool) -> int:
     return 0
 
 
+def cmd_serve(args, progress: bool) -> int:
+    from .serve import serve
+
+    serve(args.index_dir, host=args.host, port=args.port, root=args.root,
+          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+    return 0
+
+
 def cmd_demo(args, progress: bool) -> int:
     from .demo import run_demo
 
@@ -195,4 +210,4 @@ def cmd_demo(args, progress: bool) -> int:
 
 
 COMMANDS = {"index": cmd_index, "add": cmd_add, "search": cmd_search, "eval": cmd_eval, "info": cmd_info,
-            "demo": cmd_demo}
+            "serve": cmd_serve, "demo": cmd_demo}

@@ -41,14 +41,20 @@ class HFDualEncoder(Encoder):
         self.model_type = config.model_type
         if self.model_type not in _SUPPORTED:
             raise UnimirError(f"{name!r} is a {self.model_type!r} model; hf: encoders support {_SUPPORTED}")
-        self.model = AutoModel.from_pretrained(name).eval().to(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(name)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(name)
+        except (OSError, ValueError) as exc:
+            raise NotFoundError(f"cannot load the tokenizer of {name!r} ({exc.__class__.__name__}: {exc})") from None
         text_vocab = config.text_config.vocab_size
         # An offline CLIPTokenizer of a missing repo can come back with a 2-token vocabulary instead of failing.
         if len(self.tokenizer) > text_vocab or len(self.tokenizer) < text_vocab // 2:
             raise UnimirError(f"tokenizer of {name!r} has {len(self.tokenizer)} tokens but the model's text "
                               f"embedding has {text_vocab}: the tokenizer files are missing or do not belong "
                               "to this model")
+        try:
+            self.model = AutoModel.from_pretrained(name).eval().to(device)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise UnimirError(f"cannot load the weights of {name!r} ({exc.__class__.__name__}: {exc})") from None
         self.max_length = int(getattr(config.text_config, "max_position_embeddings", 77))
         self.image_size = int(config.vision_config.image_size)
         self.dim = int(getattr(config, "projection_dim", None) or config.text_config.hidden_size)

@@ -1,0 +1,64 @@
+"""The real command line, run as a user would (a subprocess per command)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def unimir(*args, cwd=None, check=True):
+    proc = subprocess.run([sys.executable, "-m", "unimir", "--quiet", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"unimir {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def cli_index(corpus, tiny_clip_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "idx"
+    proc = unimir("index", corpus["pool"], "--out", out, "--encoder", f"hf:{tiny_clip_dir}", "--index", "hnsw16")
+    assert "indexed 36 items (18 image, 18 text)" in proc.stdout
+    return out
+
+
+def test_index_info_search_eval(cli_index, corpus, tmp_path):
+    info = json.loads(unimir("info", cli_index).stdout)
+    assert info["num_items"] == 36 and info["index_spec"] == "hnsw16,ef64" and info["format_version"] == 1
+    out = json.loads(unimir("search", cli_index, "--text", "a red circle", "--modality", "image", "--k", "3",
+                            "--json").stdout)
+    assert len(out["results"]) == 3 and {r["modality"] for r in out["results"]} == {"image"}
+    assert set(out["timings_ms"]) == {"encode", "search", "total"}
+    table = unimir("search", cli_index, "--image", corpus["root"] / "mbeir_images/shapes/red_circle.png",
+                   "--instruction", "Find a caption for this image", "--modality", "text", "--k", "2").stdout
+    assert "Find a caption for this image." in table and "text" in table
+    proc = unimir("eval", cli_index, "--queries", corpus["t2i"], "--queries", corpus["i2t"], "--k", "1,5,10",
+                  "--json", tmp_path / "r.json")
+    assert "R@5" in proc.stdout and "rand@5" in proc.stdout
+    results = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert [(r["task_id"], r["mode"], r["num_queries"]) for r in results] == [(0, "dense", 18), (3, "dense", 18)]
+
+
+def test_add_command(corpus, tiny_clip_dir, tmp_path):
+    out = tmp_path / "idx"
+    unimir("index", corpus["pool"], "--out", out, "--encoder", f"hf:{tiny_clip_dir}")
+    texts = tmp_path / "more.csv"
+    texts.write_text("id,text\nx1,a small orange star\nx2,\n")
+    proc = unimir("add", out, texts)
+    assert "added 1 items; the index now holds 37" in proc.stdout and "no text" in proc.stderr
+    assert json.loads(unimir("info", out).stdout)["num_items"] == 37
+
+
+def test_errors_are_one_line_without_traceback(tmp_path, cli_index, corpus):
+    proc = unimir("search", tmp_path / "missing", "--text", "x", check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: index not found") and "Traceback" not in proc.stderr
+    proc = unimir("search", cli_index, "--text", " ", check=False)
+    assert proc.returncode == 2 and "empty query" in proc.stderr
+    proc = unimir("search", cli_index, "--text", "x", "--mode", "generative", check=False)
+    assert proc.returncode == 2 and "unimir train" in proc.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"did": "1", "txt": "ok", "modality": "text"}\n{"did": "2", "txt": "x", "modality": "sound"}\n')
+    proc = unimir("index", bad, "--out", tmp_path / "o", "--strict", check=False)
+    assert proc.returncode == 2 and f"{bad}:2" in proc.stderr and "unknown modality 'sound'" in proc.stderr

@@ -1,0 +1,113 @@
+import json
+
+import pytest
+
+from unimir.data.ingest import load_pool
+from unimir.data.mbeir import (InstructionTable, format_text, query_text, read_candidates, read_qrels, read_queries,
+                               write_jsonl, write_qrels)
+from unimir.data.problems import Problems
+from unimir.data.records import Candidate, Modality, parse_modalities
+from unimir.errors import DataError, InvalidInputError, NotFoundError
+
+
+def test_candidates_and_queries_round_trip(corpus, tmp_path):
+    cands = read_candidates(corpus["pool"])
+    assert len(cands) == 36 and {c.modality for c in cands} == {Modality.IMAGE, Modality.TEXT}
+    write_jsonl(tmp_path / "pool.jsonl", cands)
+    assert read_candidates(tmp_path / "pool.jsonl") == cands
+    queries = read_queries(corpus["t2i"])
+    write_jsonl(tmp_path / "q.jsonl", queries)
+    assert read_queries(tmp_path / "q.jsonl") == queries
+    write_qrels(tmp_path / "qrels.txt", queries)
+    assert read_qrels(tmp_path / "qrels.txt") == {q.qid: set(q.pos_cand_list) for q in queries}
+    assert read_qrels(corpus["qrels_t2i"]) == {q.qid: set(q.pos_cand_list) for q in queries}
+
+
+def _write(tmp_path, lines, name="pool.jsonl"):
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+GOOD = json.dumps({"did": "1:1", "txt": "a cat", "img_path": None, "modality": "text"})
+
+
+@pytest.mark.parametrize("bad, needle", [
+    ('{"did": "1:2", "txt": "x", "modality": "text"', "malformed JSON"),
+    (json.dumps({"did": "1:2", "txt": "x", "modality": "video"}), "unknown modality 'video'"),
+    (json.dumps({"did": "1:2", "txt": "x", "modality": "image"}), "does not match"),
+    (json.dumps({"did": "1:1", "txt": "again", "modality": "text"}), "duplicate candidate id '1:1'"),
+    (json.dumps({"did": "1:2", "modality": "text"}), "needs 'txt', 'img_path' or both"),
+    (json.dumps({"txt": "no id", "modality": "text"}), "missing candidate id"),
+])
+def test_validation_errors_name_file_line_and_reason(tmp_path, bad, needle):
+    path = _write(tmp_path, [GOOD, bad])
+    with pytest.raises(DataError) as err:
+        read_candidates(path, Problems(strict=True))
+    assert needle in str(err.value) and f"{path}:2" in str(err.value)
+    problems = Problems()  # lenient: the bad line is skipped and reported, the good one kept
+    assert [c.did for c in read_candidates(path, problems)] == ["1:1"]
+    assert len(problems) == 1 and problems.items[0].line == 2 and needle in str(problems.items[0])
+
+
+def test_missing_file_is_not_found(tmp_path):
+    with pytest.raises(NotFoundError):
+        read_queries(tmp_path / "nope.jsonl")
+
+
+def test_query_validation(tmp_path):
+    bad = json.dumps({"qid": "1:1", "query_txt": "x", "query_modality": "text", "task_id": 12})
+    with pytest.raises(DataError, match="task_id must be an integer 0..8"):
+        read_queries(_write(tmp_path, [bad], "q.jsonl"))
+
+
+def test_modality_parsing():
+    assert Modality.parse("image,text") is Modality.IMAGE_TEXT and Modality.parse("text, image") is Modality.IMAGE_TEXT
+    assert [m.code for m in Modality] == [0, 1, 2] and Modality.from_code(2) is Modality.IMAGE_TEXT
+    assert parse_modalities("image|text") == (Modality.IMAGE, Modality.TEXT) and parse_modalities(None) is None
+    with pytest.raises(InvalidInputError, match="unknown modality"):
+        Modality.parse("audio")
+
+
+def test_instructions_are_deterministic_and_formatted(corpus):
+    table = InstructionTable.load(corpus["instructions"])
+    picks = {table.choose(f"10:{i}", 10, Modality.TEXT, Modality.IMAGE) for i in range(40)}
+    assert picks == {"Find an image of the shape.", "Show me a picture of this shape."}
+    again = InstructionTable.load(corpus["instructions"])
+    assert [table.choose(f"10:{i}", 10, Modality.TEXT, Modality.IMAGE) for i in range(20)] == \
+        [again.choose(f"10:{i}", 10, Modality.TEXT, Modality.IMAGE) for i in range(20)]
+    assert table.choose("10:1", 3, Modality.TEXT, Modality.IMAGE) is None  # no row for that dataset
+    assert query_text("red circle", "Find an image of the shape.") == "Find an image of the shape. red circle."
+    assert query_text(None, "describe this") == "Describe this."
+    assert format_text(' "hello world"\r ') == "Hello world." and format_text("why?") == "Why?"
+
+
+def test_ingest_image_folder_with_captions(tmp_path):
+    from conftest import draw
+
+    (tmp_path / "pics" / "sub").mkdir(parents=True)
+    draw("red", "circle").save(tmp_path / "pics" / "a.png")
+    draw("blue", "square").save(tmp_path / "pics" / "sub" / "b.jpg")
+    (tmp_path / "pics" / "notes.md").write_text("not an image")
+    (tmp_path / "pics" / "captions.tsv").write_text("file\tcaption\na.png\ta red ball\n")
+    cands, root = load_pool(tmp_path / "pics")
+    assert root == (tmp_path / "pics").resolve()
+    assert cands == [Candidate("a.png", Modality.IMAGE_TEXT, "a red ball", "a.png"),
+                     Candidate("sub/b.jpg", Modality.IMAGE, None, "sub/b.jpg")]
+
+
+@pytest.mark.parametrize("name, body", [
+    ("texts.jsonl", '{"id": "t1", "text": "first"}\n{"id": "t2", "text": "second"}\n{"id": "t3"}\n'),
+    ("texts.csv", "id,text\nt1,first\nt2,second\nt3,\n"),
+])
+def test_ingest_text_files_skip_rows_without_text(tmp_path, name, body):
+    (tmp_path / name).write_text(body)
+    problems = Problems()
+    cands, _ = load_pool(tmp_path / name, problems=problems)
+    assert [(c.did, c.txt, c.modality) for c in cands] == [("t1", "first", Modality.TEXT), ("t2", "second", Modality.TEXT)]
+    assert len(problems) == 1 and "t3" in str(problems.items[0])
+
+
+def test_mbeir_pool_root_is_above_cand_pool(corpus):
+    cands, root = load_pool(corpus["pool"])
+    assert root == corpus["root"].resolve() and (root / cands[0].img_path).is_file()

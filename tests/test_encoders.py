@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+
+from conftest import draw
+from unimir.data.problems import Problems
+from unimir.encoders import EmbeddingCache, Features, Item, l2_normalize, load_encoder
+from unimir.errors import DataError, InvalidInputError, NotFoundError, UnimirError
+
+
+def test_fusion_is_weighted_sum_then_normalised():
+    rng = np.random.default_rng(0)
+    img, txt = l2_normalize(rng.normal(size=(3, 8))), l2_normalize(rng.normal(size=(3, 8)))
+    feats = Features(img, txt, np.array([True, False, True]), np.array([True, True, False]))
+    fused = feats.fused((2.0, 1.0))
+    expected = l2_normalize(2 * img[0] + txt[0][None])[0]
+    np.testing.assert_allclose(fused[0], expected, atol=1e-6)
+    np.testing.assert_allclose(fused[1], txt[1], atol=1e-6)  # text only: the text vector itself
+    np.testing.assert_allclose(fused[2], img[2], atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(fused, axis=1), 1.0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def builtin():
+    return load_encoder("builtin")
+
+
+def test_builtin_text_provenance(builtin):
+    """The sentence-transformers model card's figures: these vouch for the shipped MiniLM weights."""
+    v = builtin.embed_texts(["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."])
+    sims = v @ v.T
+    assert sims[0, 1] == pytest.approx(0.6660, abs=1e-3)
+    assert sims[0, 2] == pytest.approx(0.1046, abs=1e-3) and sims[1, 2] == pytest.approx(0.1411, abs=1e-3)
+
+
+def test_builtin_images_share_the_text_space(builtin):
+    vecs = builtin.embed_images([draw("red", "circle", 96), draw("blue", "square", 96)])
+    assert vecs.shape == (2, 384) and vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    # a ConSE image vector is a mix of class-name embeddings, so it is close to *some* text
+    assert float((vecs @ builtin.class_matrix.numpy().T).max()) > 0.5
+
+
+def test_encode_skips_bad_images_and_reports_them(tmp_path, tiny_encoder):
+    good = tmp_path / "good.png"
+    draw("red", "circle").save(good)
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    items = [Item("a red circle", None, "t"), Item(None, str(good), "g"), Item(None, str(corrupt), "c"),
+             Item(None, str(tmp_path / "missing.png"), "m"), Item("", None, "empty")]
+    problems = Problems()
+    feats, ok = tiny_encoder.encode(items, problems=problems)
+    assert ok.tolist() == [True, True, False, False, False] and len(feats) == 2
+    text = "\n".join(str(p) for p in problems.items)
+    assert "[c]" in text and "cannot decode image" in text and "[m]" in text and "not found" in text
+    with pytest.raises(DataError, match="cannot decode image"):
+        tiny_encoder.encode([Item(None, str(corrupt), "c")], problems=Problems(strict=True))
+    with pytest.raises(UnimirError):
+        tiny_encoder.encode([Item(None, b"garbage", "upload")])
+
+
+def test_cache_makes_reencoding_free(tmp_path, tiny_encoder, monkeypatch):
+    cache = EmbeddingCache(tmp_path / "emb.sqlite")
+    img = tmp_path / "x.png"
+    draw("green", "triangle").save(img)
+    items = [Item("a green triangle", str(img), "x"), Item("a blue square", None, "y")]
+    first, _ = tiny_encoder.encode(items, cache=cache)
+    calls = []
+    monkeypatch.setattr(tiny_encoder, "embed_texts", lambda *a, **k: calls.append("t"))
+    monkeypatch.setattr(tiny_encoder, "embed_images", lambda *a, **k: calls.append("i"))
+    second, _ = tiny_encoder.encode(items, cache=cache)
+    assert calls == []
+    np.testing.assert_array_equal(first.fused(), second.fused())
+
+
+def test_hf_clip_loads_from_a_local_directory(tiny_clip_dir, tiny_encoder):
+    assert tiny_encoder.spec == f"hf:{tiny_clip_dir}" and tiny_encoder.dim == 16
+    feats, ok = tiny_encoder.encode([Item("a red circle", draw("red", "circle"), "q")], role="query")
+    assert ok.all() and feats.image_mask.all() and feats.text_mask.all()
+    np.testing.assert_allclose(np.linalg.norm(feats.fused(), axis=1), 1.0, atol=1e-5)
+    # the same weights through transformers directly give the same text embedding
+    import torch
+    from transformers import AutoTokenizer, CLIPModel
+
+    model, tok = CLIPModel.from_pretrained(tiny_clip_dir).eval(), AutoTokenizer.from_pretrained(tiny_clip_dir)
+    with torch.no_grad():
+        out = model.get_text_features(**tok(["a red circle"], return_tensors="pt"))
+    ref = (out if isinstance(out, torch.Tensor) else out.pooler_output).numpy()
+    np.testing.assert_allclose(feats.text[0], l2_normalize(ref)[0], atol=1e-5)
+
+
+def test_hf_tokenizer_that_does_not_match_the_model_is_refused(tiny_clip_dir, tmp_path):
+    import shutil
+
+    import json
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_clip_dir, broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["text_config"]["vocab_size"] = 49408  # like a real CLIP whose tokenizer files went missing
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnimirError, match="tokenizer .* has \\d+ tokens but the model's text embedding has 49408"):
+        load_encoder(f"hf:{broken}", reuse=False)
+
+
+def test_unknown_encoders_fail_clearly(tmp_path):
+    with pytest.raises(InvalidInputError, match="unknown encoder"):
+        load_encoder("word2vec")
+    with pytest.raises(NotFoundError, match="cannot load model config"):
+        load_encoder(f"hf:{tmp_path / 'nothing-here'}", reuse=False)

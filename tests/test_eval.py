@@ -1,0 +1,61 @@
+import json
+
+import numpy as np
+import pytest
+
+from unimir import Index, evaluate
+from unimir.data.mbeir import InstructionTable, query_text, read_queries
+from unimir.data.records import Modality
+from unimir.encoders import Item
+from unimir.eval import format_table, write_json
+from unimir.eval.metrics import expected_hit_at_k
+from unimir.ranking import Ranking
+
+
+@pytest.fixture(scope="module")
+def index(corpus, tiny_encoder, tmp_path_factory):
+    return Index.build(corpus["pool"], tmp_path_factory.mktemp("e") / "shapes", encoder=tiny_encoder)
+
+
+def test_eval_matches_a_brute_force_reference(index, corpus, tiny_encoder):
+    (result,) = evaluate(index, [corpus["t2i"]], ks=(1, 5, 10))
+    assert result.task_id == 0 and result.num_queries == 18 and result.pool_size == 18
+    # reference: same instruction choice, plain numpy scores over image candidates, tie-aware hits
+    table = InstructionTable.load(corpus["instructions"])
+    queries = read_queries(corpus["t2i"])
+    texts = [query_text(q.query_txt, table.choose(q.qid, 10, Modality.TEXT, Modality.IMAGE)) for q in queries]
+    feats, _ = tiny_encoder.encode([Item(t) for t in texts], "query")
+    images = np.flatnonzero(index.modality_codes == 0)
+    scores = feats.fused() @ index.fused[images].T
+    for k in (1, 5, 10):
+        hits = []
+        for q, s in zip(queries, scores):
+            ranking = Ranking.from_scores(images, s)
+            rel = np.array([index.candidates[i].did in q.pos_cand_list for i in ranking.indices])
+            hits.append(expected_hit_at_k(ranking, rel, k))
+        assert result.recall[str(k)] == pytest.approx(np.mean(hits), abs=1e-6)
+    assert result.random == pytest.approx({"1": 1 / 18, "5": 5 / 18, "10": 10 / 18})
+
+
+def test_qrels_override_and_missing_positives(index, corpus, tmp_path):
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_text("10:0 0 10:0 1 0\n10:0 0 99:1 1 0\n10:2 0 10:2 1 0\n")
+    (result,) = evaluate(index, [corpus["t2i"]], qrels=[qrels], ks=(5,))
+    assert result.num_queries == 2 and result.missing_positives == 1 and result.skipped_queries == 16
+
+
+def test_every_mode_and_file_gets_an_entry_in_json(index, corpus, tmp_path):
+    results = evaluate(index, [corpus["t2i"], corpus["i2t"]], ks=(1, 5), runs_dir=tmp_path / "runs")
+    assert [(r.queries, r.task_id) for r in results] == [("mbeir_shapes_task0_test.jsonl", 0),
+                                                         ("mbeir_shapes_task3_test.jsonl", 3)]
+    write_json(results, tmp_path / "out.json")
+    data = json.loads((tmp_path / "out.json").read_text())
+    entry = data["results"][1]
+    assert {"queries", "task_id", "mode", "num_queries", "recall"} <= set(entry)
+    assert set(entry["recall"]) == {"1", "5"} and all(0 <= v <= 1 for v in entry["recall"].values())
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert runs == ["mbeir_shapes_task0_test.task0.shapes.dense.run", "mbeir_shapes_task3_test.task3.shapes.dense.run"]
+    first = (tmp_path / "runs" / runs[0]).read_text().splitlines()[0].split()
+    assert first[1] == "Q0" and first[3] == "1" and len(first) == 7
+    table = format_table(results)
+    assert "R@1" in table and "rand@5" in table and "T→I" in table and "I→T" in table

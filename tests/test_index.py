@@ -1,0 +1,185 @@
+import json
+
+import numpy as np
+import pytest
+
+from conftest import draw
+from unimir import Index
+from unimir.data.mbeir import read_candidates
+from unimir.data.problems import Problems
+from unimir.data.records import Candidate, Modality
+from unimir.errors import DataError, IndexFormatError, InvalidInputError, NotFoundError
+from unimir.index.dense import DenseIndex, DenseSpec
+
+
+@pytest.fixture(scope="module")
+def built(corpus, tiny_encoder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("idx") / "shapes"
+    return Index.build(corpus["pool"], out, encoder=tiny_encoder)
+
+
+def test_build_save_reload(built, tiny_encoder):
+    again = Index.load(built.path, encoder=tiny_encoder)
+    assert len(again) == len(built) == 36
+    assert again.manifest.encoder == tiny_encoder.spec and again.manifest.modality_counts == {
+        "image": 18, "text": 18, "image,text": 0}
+    a = built.search("a red circle", k=5)
+    b = again.search("a red circle", k=5)
+    assert [h.did for h in a.hits] == [h.did for h in b.hits]
+    np.testing.assert_allclose([h.score for h in a.hits], [h.score for h in b.hits], atol=2e-3)  # fp16 parts
+
+
+def test_modality_filter(built):
+    for modality in ("image", "text"):
+        hits = built.search("a red circle", modality=modality, k=20).hits
+        assert len(hits) == 18 and {h.modality for h in hits} == {modality}
+    assert built.search("a red circle", modality="image,text", k=5).hits == []
+    both = built.search("a red circle", modality=["image", "text"], k=36).hits
+    assert len(both) == 36
+
+
+def test_exclude_query_drops_identical_items(built, corpus):
+    img = corpus["root"] / "mbeir_images/shapes/red_circle.png"
+    plain = built.search(image=str(img), modality="image", k=3).hits
+    assert plain[0].img_path == "mbeir_images/shapes/red_circle.png"
+    filtered = built.search(image=str(img), modality="image", k=3, exclude_query=True).hits
+    assert "mbeir_images/shapes/red_circle.png" not in [h.img_path for h in filtered] and len(filtered) == 3
+    text_hits = built.search("a red circle", modality="text", k=2, exclude_query=True).hits
+    assert "A red circle." not in [h.txt for h in text_hits]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(text="  "), "empty query"),
+    (dict(text="x", k=0), "k must be"),
+    (dict(text="x", mode="telepathy"), "unknown mode"),
+    (dict(text="x", mode="generative"), "needs a trained generative model"),
+    (dict(text="x", modality="video"), "unknown modality"),
+    (dict(image=b"not an image"), "cannot decode image"),
+])
+def test_bad_requests(built, kwargs, message):
+    with pytest.raises(InvalidInputError, match=message):
+        built.search(**kwargs)
+
+
+def test_add_without_rebuild_and_persist(corpus, tiny_encoder, tmp_path):
+    index = Index.build(corpus["pool"], tmp_path / "idx", encoder=tiny_encoder)
+    pic = tmp_path / "new.png"
+    draw("blue", "circle", 40).save(pic)
+    added = index.add([Candidate("new:1", Modality.IMAGE_TEXT, "a brand new blue circle", "new.png"),
+                       Candidate("10:0", Modality.TEXT, "duplicate id")], root=tmp_path, problems=Problems())
+    assert added == 1 and len(index) == 37
+    hits = index.search("a brand new blue circle", modality="image,text", k=1).hits
+    assert hits[0].did == "new:1"
+    reloaded = Index.load(tmp_path / "idx", encoder=tiny_encoder)
+    assert len(reloaded) == 37 and reloaded.get("new:1").txt == "A brand new blue circle."
+    assert reloaded.image_path(reloaded.get("new:1")) == (tmp_path / "new.png").resolve()
+    with pytest.raises(DataError, match="duplicate candidate id"):
+        index.add([Candidate("new:1", Modality.TEXT, "again")])
+
+
+def test_add_upload_stores_image_inside_index(built, tmp_path, tiny_encoder, corpus):
+    index = Index.build(corpus["pool"], tmp_path / "idx", encoder=tiny_encoder)
+    import io
+
+    buf = io.BytesIO()
+    draw("purple", "square", 40).save(buf, format="PNG")
+    cand = index.add_upload(text="an uploaded purple square", image=buf.getvalue(), did="up:1")
+    assert cand.img_path.startswith("index:media/") and index.image_path(cand).is_file()
+    assert index.image_path(cand).parent == tmp_path / "idx" / "media"
+    with pytest.raises(InvalidInputError, match="cannot decode"):
+        index.add_upload(image=b"junk")
+    assert "up:1" in Index.load(tmp_path / "idx", encoder=tiny_encoder).row_of
+
+
+def test_bad_items_are_skipped_unless_strict(tmp_path, tiny_encoder, corpus):
+    rows = [json.loads(x) for x in corpus["pool"].read_text().splitlines()[:4]]
+    rows.append({"did": "bad:1", "img_path": "mbeir_images/shapes/missing.png", "modality": "image"})
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{broken\n")
+    problems = Problems()
+    index = Index.build(pool, tmp_path / "idx", root=corpus["root"], encoder=tiny_encoder, problems=problems)
+    assert len(index) == 4 and len(problems) == 2
+    assert any("bad:1" in str(p) and "not found" in str(p) for p in problems.items)
+    with pytest.raises(DataError):
+        Index.build(pool, tmp_path / "strict", root=corpus["root"], encoder=tiny_encoder,
+                    problems=Problems(strict=True))
+    assert not (tmp_path / "strict" / "manifest.json").exists()
+
+
+def test_crash_mid_save_keeps_previous_index(corpus, tiny_encoder, tmp_path, monkeypatch):
+    index = Index.build(corpus["pool"], tmp_path / "idx", encoder=tiny_encoder)
+    before = (tmp_path / "idx" / "manifest.json").read_text()
+    import unimir.index.index as index_module
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(index_module, "commit_manifest", crash)
+    with pytest.raises(OSError):
+        index.add([Candidate("late:1", Modality.TEXT, "arrives during a crash")])
+    monkeypatch.undo()
+    assert (tmp_path / "idx" / "manifest.json").read_text() == before
+    survivor = Index.load(tmp_path / "idx", encoder=tiny_encoder)
+    assert len(survivor) == 36 and "late:1" not in survivor.row_of
+    # the next successful save cleans up the orphaned generation
+    survivor.add([Candidate("late:2", Modality.TEXT, "after the crash")])
+    names = sorted(p.name for p in (tmp_path / "idx").iterdir())
+    current = json.loads((tmp_path / "idx" / "manifest.json").read_text())["files"]["candidates"]
+    assert [n for n in names if n.startswith("candidates-")] == [current]
+    assert not [n for n in names if n.endswith(".tmp")]
+
+
+def test_load_errors(tmp_path, built):
+    with pytest.raises(NotFoundError):
+        Index.load(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(IndexFormatError, match="not a unimir index"):
+        Index.load(tmp_path / "empty")
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(built.path, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match="format version 99"):
+        Index.load(copy)
+
+
+def test_dense_spec_round_trip():
+    for spec in ("flat", "hnsw16,ef32", "hnsw32,ef64"):
+        assert DenseSpec.parse(spec).spec == spec
+    assert DenseSpec.parse("hnsw").spec == "hnsw32,ef64"
+    with pytest.raises(InvalidInputError):
+        DenseSpec.parse("ivf1024")
+
+
+@pytest.mark.parametrize("spec", ["flat", "hnsw16,ef64"])
+def test_dense_search_against_brute_force(spec):
+    rng = np.random.default_rng(1)
+    vecs = rng.normal(size=(300, 8)).astype(np.float32)
+    vecs[100:140] = vecs[7]  # a large tie group
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    codes = rng.integers(0, 3, 300).astype(np.int8)
+    dense = DenseIndex(8, DenseSpec.parse(spec))
+    dense.add(vecs[:150], codes[:150], 0)
+    dense.add(vecs[150:], codes[150:], 150)  # appending keeps global rows
+    queries = np.concatenate([vecs[7:8], rng.normal(size=(5, 8)).astype(np.float32)])
+    for allowed in (None, (0,), (1, 2)):
+        for q, r in zip(queries, dense.search(queries, 10, [allowed] * len(queries))):
+            mask = np.ones(300, bool) if allowed is None else np.isin(codes, allowed)
+            scores = np.where(mask, vecs @ q, -np.inf)
+            kth = np.sort(scores)[::-1][9]
+            expected = set(np.flatnonzero(scores >= kth - 1e-5))
+            assert set(r.indices.tolist()) <= set(np.flatnonzero(mask))
+            if spec == "flat":  # exact: the top 10 plus every item tied with the 10th
+                assert set(r.indices.tolist()) == expected
+                assert np.all(np.diff(r.scores) <= 1e-6)
+
+
+def test_dense_ties_are_returned_whole():
+    vecs = np.tile(np.eye(4, dtype=np.float32)[0], (50, 1))
+    dense = DenseIndex(4, DenseSpec())
+    dense.add(vecs, np.zeros(50, np.int8), 0)
+    (r,) = dense.search(vecs[:1], 5, [None])
+    assert len(r) == 50 and len(set(r.tie_groups.tolist())) == 1
