@@ -3,8 +3,16 @@ import json
 import pytest
 
 from unimir.data.ingest import load_pool
-from unimir.data.mbeir import (InstructionTable, format_text, query_text, read_candidates, read_qrels, read_queries,
-                               write_jsonl, write_qrels)
+from unimir.data.mbeir import (
+    InstructionTable,
+    format_text,
+    query_text,
+    read_candidates,
+    read_qrels,
+    read_queries,
+    write_jsonl,
+    write_qrels,
+)
 from unimir.data.problems import Problems
 from unimir.data.records import Candidate, Modality, parse_modalities
 from unimir.errors import DataError, InvalidInputError, NotFoundError
@@ -104,7 +112,8 @@ def test_ingest_text_files_skip_rows_without_text(tmp_path, name, body):
     (tmp_path / name).write_text(body)
     problems = Problems()
     cands, _ = load_pool(tmp_path / name, problems=problems)
-    assert [(c.did, c.txt, c.modality) for c in cands] == [("t1", "first", Modality.TEXT), ("t2", "second", Modality.TEXT)]
+    assert [(c.did, c.txt, c.modality) for c in cands] == [("t1", "first", Modality.TEXT),
+                                                           ("t2", "second", Modality.TEXT)]
     assert len(problems) == 1 and "t3" in str(problems.items[0])
 
 

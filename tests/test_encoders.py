@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-
 from conftest import draw
+
 from unimir.data.problems import Problems
 from unimir.encoders import EmbeddingCache, Features, Item, l2_normalize, load_encoder
 from unimir.errors import DataError, InvalidInputError, NotFoundError, UnimirError
@@ -89,9 +89,8 @@ def test_hf_clip_loads_from_a_local_directory(tiny_clip_dir, tiny_encoder):
 
 
 def test_hf_tokenizer_that_does_not_match_the_model_is_refused(tiny_clip_dir, tmp_path):
-    import shutil
-
     import json
+    import shutil
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_clip_dir, broken)

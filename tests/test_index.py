@@ -2,10 +2,9 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import draw
+
 from unimir import Index
-from unimir.data.mbeir import read_candidates
 from unimir.data.problems import Problems
 from unimir.data.records import Candidate, Modality
 from unimir.errors import DataError, IndexFormatError, InvalidInputError, NotFoundError

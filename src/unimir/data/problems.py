@@ -35,7 +35,9 @@ class Problems:
         if self.strict:
             prefix = f"[{item}] " if item else ""
             raise DataError(prefix + message, path=path, line=line, field=field_name)
-        self.items.append(Problem(path, line, item, message if field_name is None else f"field {field_name!r}: {message}"))
+        if field_name is not None:
+            message = f"field {field_name!r}: {message}"
+        self.items.append(Problem(path, line, item, message))
 
     def __len__(self) -> int:
         return len(self.items)

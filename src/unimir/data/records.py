@@ -63,7 +63,8 @@ class Modality(str, Enum):
 
 _CODES = {Modality.IMAGE: 0, Modality.TEXT: 1, Modality.IMAGE_TEXT: 2}
 _BY_CODE = {v: k for k, v in _CODES.items()}
-_ALIASES = {"image+text": "image,text", "text,image": "image,text", "text+image": "image,text", "img": "image", "txt": "text"}
+_ALIASES = {"image+text": "image,text", "text,image": "image,text", "text+image": "image,text",
+            "img": "image", "txt": "text"}
 
 
 def parse_modalities(value: "str | Modality | list | tuple | None") -> "tuple[Modality, ...] | None":

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 from .records import Modality
 
-I, T, IT = Modality.IMAGE, Modality.TEXT, Modality.IMAGE_TEXT
+IMG, TXT, IT = Modality.IMAGE, Modality.TEXT, Modality.IMAGE_TEXT
 
 #: task id -> (query modality, candidate modality)
 TASKS: dict[int, tuple[Modality, Modality]] = {
-    0: (T, I), 1: (T, T), 2: (T, IT), 3: (I, T), 4: (I, I), 5: (I, IT), 6: (IT, T), 7: (IT, I), 8: (IT, IT),
+    0: (TXT, IMG), 1: (TXT, TXT), 2: (TXT, IT), 3: (IMG, TXT), 4: (IMG, IMG), 5: (IMG, IT), 6: (IT, TXT), 7: (IT, IMG),
+    8: (IT, IT),
 }
 
 DATASETS: dict[int, str] = {
@@ -39,7 +40,7 @@ def eval_set(dataset_id: int, task_id: int) -> EvalSet:
 
 def task_name(task_id: int) -> str:
     q, c = TASKS[task_id]
-    short = {I: "I", T: "T", IT: "(I,T)"}
+    short = {IMG: "I", TXT: "T", IT: "(I,T)"}
     return f"{short[q]}→{short[c]}"
 
 

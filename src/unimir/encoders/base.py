@@ -55,7 +55,8 @@ class Features:
     def concat(parts: Sequence["Features"], dim: int) -> "Features":
         if not parts:
             return Features.empty(dim)
-        return Features(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("image", "text", "image_mask", "text_mask")))
+        fields = ("image", "text", "image_mask", "text_mask")
+        return Features(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
 
     @staticmethod
     def empty(dim: int, n: int = 0) -> "Features":

@@ -13,7 +13,7 @@ from ..data.mbeir import InstructionTable, Qrels, query_text, read_qrels, read_q
 from ..data.problems import Problems
 from ..data.records import Modality, Query
 from ..data.tasks import candidate_modality, eval_set, task_name
-from ..encoders import Features, Item
+from ..encoders import Item
 from ..index import Index
 from .metrics import expected_hit_at_k, random_hit_at_k
 
@@ -170,7 +170,8 @@ def format_table(results: Sequence[EvalResult], *, baseline: bool = True) -> str
             row += [f"{100 * r.random[str(k)]:.1f}" if str(k) in r.random else "" for k in ks]
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

@@ -81,7 +81,8 @@ class DenseIndex:
         out: list[Ranking | None] = [None] * len(queries)
         groups: dict[tuple[int, ...], list[int]] = {}
         for qi, codes in enumerate(allowed):
-            key = tuple(sorted(self.parts)) if codes is None else tuple(c for c in sorted(set(codes)) if c in self.parts)
+            present = sorted(self.parts) if codes is None else [c for c in sorted(set(codes)) if c in self.parts]
+            key = tuple(present)
             groups.setdefault(key, []).append(qi)
         for codes, qis in groups.items():
             if not codes:
@@ -129,7 +130,8 @@ class DenseIndex:
         return {c: faiss.serialize_index(p) for c, p in self.parts.items()}
 
     @classmethod
-    def deserialize(cls, dim: int, spec: DenseSpec, blobs: dict[int, np.ndarray], modality_codes: np.ndarray) -> "DenseIndex":
+    def deserialize(cls, dim: int, spec: DenseSpec, blobs: dict[int, np.ndarray],
+                    modality_codes: np.ndarray) -> "DenseIndex":
         dense = cls(dim, spec)
         for c, blob in blobs.items():
             dense.parts[c] = faiss.deserialize_index(blob)

@@ -116,7 +116,8 @@ class Index:
             arrays = load_file(str(path / m.files["features"]))
             blobs = load_file(str(path / m.files["dense"]))
         except (KeyError, OSError, ValueError) as exc:
-            raise IndexFormatError(f"{path}: index files are missing or unreadable ({exc}); rebuild the index") from None
+            raise IndexFormatError(f"{path}: index files are missing or unreadable ({exc}); "
+                                   "rebuild the index") from None
         candidates = [Candidate(r["did"], Modality.parse(r["modality"]), r.get("txt"), r.get("img_path"),
                                 r.get("src_content")) for r in rows]
         features = Features(arrays["image"].astype(np.float32), arrays["text"].astype(np.float32),
@@ -200,7 +201,8 @@ class Index:
                 seen.add(c.did)
                 if c.txt is not None:
                     c = Candidate(c.did, c.modality, format_text(c.txt), c.img_path, c.src_content)
-                if c.img_path and root_path is not None and root_path != self.root and not c.img_path.startswith(INDEX_MEDIA):
+                foreign_root = root_path is not None and root_path != self.root
+                if c.img_path and foreign_root and not c.img_path.startswith(INDEX_MEDIA):
                     c = Candidate(c.did, c.modality, c.txt, str((root_path / c.img_path).resolve()), c.src_content)
                 fresh.append(c)
             if not fresh:
