@@ -9,12 +9,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..data.mbeir import InstructionTable, Qrels, query_text, read_qrels, read_queries
+from ..data.mbeir import InstructionTable, Qrels, read_qrels, read_queries
 from ..data.problems import Problems
 from ..data.records import Modality, Query
-from ..data.tasks import candidate_modality, eval_set, task_name
-from ..encoders import Item
+from ..data.tasks import eval_set, task_name
 from ..index import Index
+from ..queries import load_instructions, mbeir_root, prepare_queries
 from .metrics import expected_hit_at_k, random_hit_at_k
 
 
@@ -61,8 +61,8 @@ def evaluate(index: Index, query_files: Sequence["str | Path"], *, qrels: Sequen
     results: list[EvalResult] = []
     for qfile in query_files:
         qfile = Path(qfile)
-        data_root = Path(root) if root else _mbeir_root(qfile) or index.root or qfile.parent
-        table = _instructions(instructions, data_root, seed)
+        data_root = Path(root) if root else mbeir_root(qfile) or index.root or qfile.parent
+        table = load_instructions(instructions, data_root, seed)
         queries = read_queries(qfile, problems)
         by_task: dict[int | None, list[Query]] = {}
         for q in queries:
@@ -75,85 +75,44 @@ def evaluate(index: Index, query_files: Sequence["str | Path"], *, qrels: Sequen
 
 def _evaluate_group(index, qfile, task_id, queries, relevant_map, data_root, table, ks, mode, beams, batch_size,
                     progress, runs_dir, problems) -> EvalResult:
-    dataset_id = queries[0].dataset_id
-    kept, items, allowed, relevant = [], [], [], []
-    missing = skipped = 0
-    for q in queries:
-        rel = set(relevant_map.get(q.qid, ())) if relevant_map is not None else set(q.pos_cand_list)
-        if not rel:
-            skipped += 1
-            problems.add("query has no positives; skipped", path=str(qfile), item=q.qid)
-            continue
-        missing += sum(1 for d in rel if d not in index.row_of)
-        target = _target_modality(index, task_id, rel)
-        instruction = table.choose(q.qid, q.dataset_id, q.query_modality, target) if table and target else None
-        image = str(data_root / q.query_img_path) if q.query_img_path else None
-        items.append(Item(query_text(q.query_txt, instruction), image, name=q.qid))
-        kept.append(q)
-        allowed.append((target,) if target else None)
-        relevant.append(rel)
-    feats, ok = index.encoder.encode(items, "query", progress=progress, problems=problems)
-    skipped += int((~ok).sum())
-    kept = [q for q, good in zip(kept, ok) if good]
-    allowed = [a for a, good in zip(allowed, ok) if good]
-    relevant = [r for r, good in zip(relevant, ok) if good]
-    spec = eval_set(dataset_id, task_id) if task_id is not None else None
+    prepared = prepare_queries(queries, index, data_root=data_root, instructions=table, relevant=relevant_map,
+                               problems=problems, source=str(qfile))
+    feats, ok = index.encoder.encode(prepared.items, "query", progress=progress, problems=problems)
+    prepared = prepared.keep(ok)
+    allowed = [(t,) if t else None for t in prepared.targets]
+    spec = eval_set(queries[0].dataset_id, task_id) if task_id is not None else None
     ks = tuple(sorted(set(ks) | ({spec.headline_k} if spec else set())))
-    k_search = max(ks)
-    hits = {k: [] for k in ks}
-    rand = {k: [] for k in ks}
+    hits: dict[int, list[float]] = {k: [] for k in ks}
+    rand: dict[int, list[float]] = {k: [] for k in ks}
     run_lines: list[str] = []
     pool_sizes = {None: len(index)} | {m: int((index.modality_codes == m.code).sum()) for m in Modality}
-    for start in range(0, len(kept), batch_size):
+    for start in range(0, len(prepared.items), batch_size):
         sl = slice(start, start + batch_size)
-        rankings = index.search_features(feats[sl], allowed[sl], k_search, mode=mode, beams=beams)
-        for q, a, rel, ranking in zip(kept[sl], allowed[sl], relevant[sl], rankings):
+        rankings = index.search_features(feats[sl], allowed[sl], max(ks), mode=mode, beams=beams)
+        for q, target, rel, ranking in zip(prepared.queries[sl], prepared.targets[sl], prepared.relevant[sl],
+                                           rankings):
             dids = [index.candidates[i].did for i in ranking.indices]
             is_rel = np.fromiter((d in rel for d in dids), dtype=bool, count=len(dids))
-            pool = pool_sizes[a[0] if a else None]
-            in_pool = sum(1 for d in rel if d in index.row_of and (a is None or index.get(d).modality in a))
+            in_pool = sum(1 for d in rel if d in index.row_of and (target is None or index.get(d).modality == target))
             for k in ks:
                 hits[k].append(expected_hit_at_k(ranking, is_rel, k))
-                rand[k].append(random_hit_at_k(pool, in_pool, k))
+                rand[k].append(random_hit_at_k(pool_sizes[target], in_pool, k))
             if runs_dir is not None:
                 run_lines += [f"{q.qid} Q0 {d} {r + 1} {s:.6f} unimir-{mode} {task_id}"
                               for r, (d, s) in enumerate(zip(dids, ranking.scores))]
+    pool_name = index.path.name if index.path else "pool"
     if runs_dir is not None:
         out = Path(runs_dir)
         out.mkdir(parents=True, exist_ok=True)
-        pool_name = index.path.name if index.path else "pool"
         (out / f"{qfile.stem}.task{task_id}.{pool_name}.{mode}.run").write_text("\n".join(run_lines) + "\n")
     mean = lambda xs: float(np.mean(xs)) if xs else 0.0  # noqa: E731
-    target = allowed[0][0] if allowed and allowed[0] else None
+    target = prepared.targets[0] if prepared.targets else None
     return EvalResult(
-        queries=qfile.name, task_id=task_id, mode=mode, num_queries=len(kept),
+        queries=qfile.name, task_id=task_id, mode=mode, num_queries=len(prepared.items),
         recall={str(k): mean(hits[k]) for k in ks}, random={str(k): mean(rand[k]) for k in ks},
         dataset=spec.dataset if spec else "", task=task_name(task_id) if task_id is not None else "",
-        headline_k=spec.headline_k if spec else 5, pool=index.path.name if index.path else "",
-        pool_size=pool_sizes[target], skipped_queries=skipped, missing_positives=missing)
-
-
-def _target_modality(index: Index, task_id: int | None, relevant: set[str]) -> Modality | None:
-    if task_id is not None:
-        return candidate_modality(task_id)
-    for did in relevant:  # no task id: the modality of a positive that is in the pool
-        if did in index.row_of:
-            return index.get(did).modality
-    return None
-
-
-def _mbeir_root(query_file: Path) -> Path | None:
-    parts = query_file.resolve().parts
-    return Path(*parts[:parts.index("query")]) if "query" in parts else None
-
-
-def _instructions(instructions, data_root: Path, seed: int) -> InstructionTable | None:
-    if isinstance(instructions, InstructionTable):
-        return instructions
-    if instructions is not None:
-        return InstructionTable.load(instructions, seed)
-    default = data_root / "instructions" / "query_instructions.tsv"
-    return InstructionTable.load(default, seed) if default.is_file() else None
+        headline_k=spec.headline_k if spec else 5, pool=pool_name, pool_size=pool_sizes[target],
+        skipped_queries=prepared.skipped, missing_positives=prepared.missing_positives)
 
 
 def format_table(results: Sequence[EvalResult], *, baseline: bool = True) -> str:
