@@ -80,6 +80,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--runs", help="write TREC run files to this folder")
     s.add_argument("--json", dest="json_out", help="write results as JSON to this file")
 
+    s = sub.add_parser("train", help="train the generative retriever (quantizer, then ID generator) of an index")
+    s.add_argument("index_dir")
+    s.add_argument("--queries", action="append", required=True, help="M-BEIR training query .jsonl (repeatable)")
+    s.add_argument("--qrels", action="append", default=[], help="qrels file(s); default: pos_cand_list")
+    s.add_argument("--root", help="data root of the query images (default: the M-BEIR root above query/)")
+    s.add_argument("--instructions", help="query_instructions.tsv (default: <root>/instructions/...)")
+    s.add_argument("--stage", default="all", choices=("quantizer", "generator", "all"))
+    s.add_argument("--quantizer", help="quantizer spec, e.g. M3+RQ3x64 (levels x codebook size)")
+    s.add_argument("--quantizer-epochs", type=int, default=None)
+    s.add_argument("--epochs", type=int, default=None, help="generator epochs")
+    s.add_argument("--batch-size", type=int, default=None, help="generator batch size")
+    s.add_argument("--lr", type=float, default=None, help="generator learning rate")
+    s.add_argument("--layers", type=int, default=None, help="generator decoder layers")
+    s.add_argument("--d-model", type=int, default=None, help="generator width")
+    s.add_argument("--device", default="cpu", help="cpu or cuda (mixed precision on cuda)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--checkpoint-dir", help="keep resumable checkpoints here")
+    s.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
+
     s = sub.add_parser("info", help="show an index's manifest")
     s.add_argument("index_dir")
 
@@ -188,6 +207,35 @@ def cmd_eval(args, progress: bool) -> int:
     return 0
 
 
+def cmd_train(args, progress: bool) -> int:
+    from .generator import GeneratorConfig, GeneratorTrainConfig
+    from .index import Index
+    from .quantizer import QuantizerTrainConfig
+    from .training import train, training_pairs
+
+    index = Index.load(args.index_dir)
+    pairs = training_pairs(index, args.queries, qrels=args.qrels, root=args.root, instructions=args.instructions,
+                           seed=args.seed, progress=progress)
+    print(f"{len(pairs)} training pairs from {', '.join(Path(q).name for q in args.queries)}")
+    pick = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731
+    report = train(
+        index, pairs, stage=args.stage, quantizer=args.quantizer,
+        quantizer_config=QuantizerTrainConfig(**pick(epochs=args.quantizer_epochs, seed=args.seed,
+                                                      device=args.device)),
+        generator=GeneratorConfig(**pick(layers=args.layers, d_model=args.d_model)),
+        generator_config=GeneratorTrainConfig(**pick(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                                     seed=args.seed, device=args.device)),
+        progress=progress, checkpoint_dir=args.checkpoint_dir, resume=args.resume)
+    if report.collisions is not None:
+        print(f"semantic IDs: {report.collisions}")
+    if report.generator is not None and report.generator.history:
+        last = report.generator.history[-1]
+        print("generator: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                        for k, v in last.items()))
+    print(f"trained {' + '.join(report.stages)}; modes now available: {', '.join(index.modes)}")
+    return 0
+
+
 def cmd_info(args, progress: bool) -> int:
     from .index.store import Manifest
 
@@ -209,5 +257,5 @@ def cmd_demo(args, progress: bool) -> int:
     return run_demo(args.out, train=not args.fast, progress=progress)
 
 
-COMMANDS = {"index": cmd_index, "add": cmd_add, "search": cmd_search, "eval": cmd_eval, "info": cmd_info,
-            "serve": cmd_serve, "demo": cmd_demo}
+COMMANDS = {"index": cmd_index, "add": cmd_add, "search": cmd_search, "eval": cmd_eval, "train": cmd_train,
+            "info": cmd_info, "serve": cmd_serve, "demo": cmd_demo}

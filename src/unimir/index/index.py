@@ -26,6 +26,7 @@ from .store import Manifest, atomic_write_bytes, commit_manifest, generation_nam
 
 MODES = ("dense", "generative", "generative-rerank", "quantize")
 MAX_K = 1000
+DEFAULT_BEAMS = 50  # the paper's B; fewer distinct IDs than beams is handled by the decoder
 INDEX_MEDIA = "index:"  # img_path prefix of images stored inside the index directory (uploads)
 
 
@@ -286,8 +287,12 @@ class Index:
     # --- search --------------------------------------------------------------------------------------------
     @property
     def modes(self) -> tuple[str, ...]:
-        """The retrieval modes this index supports (generative ones need ``unimir train``)."""
-        return MODES if self.generative is not None and self.generative.is_trained else ("dense",)
+        """The retrieval modes this index supports: ``quantize`` needs a trained quantizer, ``generative`` and
+        ``generative-rerank`` a trained generator (``unimir train``)."""
+        g = self.generative
+        if g is None:
+            return ("dense",)
+        return tuple(m for m in MODES if m in ("dense", "quantize") or g.generator is not None)
 
     def search(self, text: str | None = None, image: "str | Path | bytes | None" = None, *,
                instruction: str | None = None, modality: "str | Sequence[str] | None" = None, k: int = 10,
@@ -325,7 +330,7 @@ class Index:
         codes = [None if a is None else tuple(m.code for m in a) for a in allowed]
         if mode == "dense":
             return self.dense.search(queries.fused(self.manifest.fusion_weights), k, codes)
-        return self.generative.search(queries, codes, k=k, mode=mode, beams=beams,
+        return self.generative.search(queries, codes, k=k, mode=mode, beams=beams or DEFAULT_BEAMS,
                                       query_fused=queries.fused(self.manifest.fusion_weights),
                                       cand_fused=self.fused)
 

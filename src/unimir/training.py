@@ -1,0 +1,118 @@
+"""``unimir train``: fit the generative retriever of an index from M-BEIR training queries.
+
+Stage ``quantizer`` trains the combiner and codebooks and codes every candidate; stage ``generator`` trains the
+ID generator against those codes; ``all`` does both. Everything is stored in the index directory (atomically).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .data.mbeir import InstructionTable, read_qrels, read_queries
+from .data.problems import Problems
+from .encoders import EmbeddingCache
+from .errors import InvalidInputError
+from .generator import GenerativeRetriever, GeneratorConfig, GeneratorTrainConfig
+from .index import Index
+from .quantizer import QuantizerConfig, QuantizerTrainConfig, SemanticQuantizer, TrainingPairs
+from .queries import load_instructions, mbeir_root, prepare_queries
+
+STAGES = ("quantizer", "generator", "all")
+
+
+@dataclass
+class TrainReport:
+    pairs: int
+    stages: list[str]
+    quantizer: Any = None
+    generator: Any = None
+    collisions: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def training_pairs(index: Index, query_files: Sequence["str | Path"], *, qrels: Sequence["str | Path"] = (),
+                   root: "str | Path | None" = None, instructions: "str | Path | InstructionTable | None" = None,
+                   seed: int = 0, progress: bool = False, problems: Problems | None = None) -> TrainingPairs:
+    """Encode training queries (one row per instruction paraphrase) and pair each with every positive in the pool.
+
+    Using every paraphrase and every positive as its own pair is the epoch-free form of redrawing them per epoch
+    (genius-method.md §8.10). Positives absent from the pool are skipped.
+    """
+    problems = problems if problems is not None else Problems()
+    relevant = None
+    for path in qrels:
+        relevant = relevant or {}
+        for qid, dids in read_qrels(path).items():
+            relevant.setdefault(qid, set()).update(dids)
+    feats, query_rows, positive_rows, targets = [], [], [], []
+    offset = 0
+    cache = EmbeddingCache()
+    try:
+        for qfile in map(Path, query_files):
+            data_root = Path(root) if root else mbeir_root(qfile) or index.root or qfile.parent
+            prepared = prepare_queries(read_queries(qfile, problems), index, data_root=data_root,
+                                       instructions=load_instructions(instructions, data_root, seed),
+                                       relevant=relevant, all_instructions=True, problems=problems,
+                                       source=str(qfile))
+            f, ok = index.encoder.encode(prepared.items, "query", progress=progress, cache=cache, problems=problems)
+            prepared = prepared.keep(ok)
+            for i, (target, rel) in enumerate(zip(prepared.targets, prepared.relevant)):
+                for did in sorted(rel):
+                    row = index.row_of.get(did)
+                    if row is not None:
+                        query_rows.append(offset + i)
+                        positive_rows.append(row)
+                        targets.append(target.code if target else index.candidates[row].modality.code)
+            feats.append(f)
+            offset += len(f)
+    finally:
+        cache.close()
+    if not positive_rows:
+        raise InvalidInputError("no training pair: none of the queries' positives is in this index")
+    from .encoders import Features
+
+    queries = Features.concat(feats, index.manifest.dim)[np.asarray(query_rows)]
+    return TrainingPairs(queries, index.features, index.modality_codes.astype(np.int64), np.asarray(positive_rows),
+                         np.asarray(targets))
+
+
+def train(index: Index, pairs: TrainingPairs, *, stage: str = "all", quantizer: str | None = None,
+          quantizer_config: QuantizerTrainConfig | None = None, generator: GeneratorConfig | None = None,
+          generator_config: GeneratorTrainConfig | None = None, progress: bool = False,
+          checkpoint_dir: "str | Path | None" = None, resume: bool = False, save: bool = True) -> TrainReport:
+    """Train the index's generative retriever in place and save the index.
+
+    ``quantizer`` is a spec string such as ``"M3+RQ3x64"`` (default: the QuantizerConfig defaults);
+    ``checkpoint_dir`` keeps resumable checkpoints of both stages (``resume=True`` continues from them).
+    """
+    if stage not in STAGES:
+        raise InvalidInputError(f"unknown stage {stage!r}: use one of {', '.join(STAGES)}")
+    report = TrainReport(len(pairs), [])
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    if ckpt:
+        ckpt.mkdir(parents=True, exist_ok=True)
+    retriever = index.generative
+    if stage in ("quantizer", "all"):
+        dim = index.manifest.dim
+        config = QuantizerConfig.from_spec(quantizer, dim=dim) if quantizer else QuantizerConfig(dim=dim)
+        retriever = GenerativeRetriever(SemanticQuantizer(config))
+        report.quantizer = retriever.fit_quantizer(pairs, quantizer_config, progress=progress,
+                                                   checkpoint_path=ckpt / "quantizer" if ckpt else None,
+                                                   resume=resume)
+        report.collisions = retriever.index(index.features, index.modality_codes)
+        report.stages.append("quantizer")
+    if stage in ("generator", "all"):
+        if retriever is None:
+            raise InvalidInputError("train the quantizer first (--stage quantizer or all)")
+        report.generator = retriever.fit_generator(pairs, generator_config, generator, progress=progress,
+                                                   checkpoint_path=ckpt / "generator" if ckpt else None,
+                                                   resume=resume)
+        report.stages.append("generator")
+    index.generative = retriever
+    if save and index.path is not None:
+        index.save()
+    return report
