@@ -213,7 +213,7 @@ def cmd_train(args, progress: bool) -> int:
     from .quantizer import QuantizerTrainConfig
     from .training import train, training_pairs
 
-    index = Index.load(args.index_dir)
+    index = Index.load(args.index_dir, generative=args.stage == "generator")  # other stages start afresh
     pairs = training_pairs(index, args.queries, qrels=args.qrels, root=args.root, instructions=args.instructions,
                            seed=args.seed, progress=progress)
     print(f"{len(pairs)} training pairs from {', '.join(Path(q).name for q in args.queries)}")
@@ -227,7 +227,9 @@ def cmd_train(args, progress: bool) -> int:
                                                      seed=args.seed, device=args.device)),
         progress=progress, checkpoint_dir=args.checkpoint_dir, resume=args.resume)
     if report.collisions is not None:
-        print(f"semantic IDs: {report.collisions}")
+        c = report.collisions
+        print(f"semantic IDs: {c.n_distinct} distinct for {c.n_items} items (ratio {c.distinct_ratio:.3f}), "
+              f"mean bucket {c.mean_bucket:.2f}, largest bucket {c.max_bucket}")
     if report.generator is not None and report.generator.history:
         last = report.generator.history[-1]
         print("generator: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -107,8 +108,10 @@ class Index:
         return idx
 
     @classmethod
-    def load(cls, path: "str | Path", *, root: "str | Path | None" = None, encoder: Encoder | None = None) -> "Index":
-        """Load an index directory. ``root`` overrides the data root recorded at build time (a moved dataset)."""
+    def load(cls, path: "str | Path", *, root: "str | Path | None" = None, encoder: Encoder | None = None,
+             generative: bool = True) -> "Index":
+        """Load an index directory. ``root`` overrides the data root recorded at build time (a moved dataset);
+        ``generative=False`` skips the generative model (to retrain it from scratch)."""
         path = Path(path)
         m = Manifest.read(path)
         try:
@@ -129,13 +132,17 @@ class Index:
         codes = np.asarray([c.modality.code for c in candidates], dtype=np.int8)
         dense = DenseIndex.deserialize(m.dim, DenseSpec.parse(m.index_spec),
                                        {int(k.rsplit("_", 1)[1]): v for k, v in blobs.items()}, codes)
-        generative = None
-        if m.generative and m.files.get("generative"):
+        index = cls(m, candidates, features, [r.get("image_sha1") for r in rows], dense, path=path,
+                    root=Path(root) if root else None, encoder=encoder)
+        if generative and m.files.get("generative"):
             from ..generator import GenerativeRetriever
 
-            generative = GenerativeRetriever.load(path / m.files["generative"])
-        return cls(m, candidates, features, [r.get("image_sha1") for r in rows], dense, path=path,
-                   root=Path(root) if root else None, generative=generative, encoder=encoder)
+            retriever = GenerativeRetriever.load(path / m.files["generative"])
+            if retriever.extra != index._pool_identity():  # never search with codes of another pool or encoder
+                raise IndexFormatError(f"{path}: the generative model was trained for another pool or encoder "
+                                       "than this index holds; run 'unimir train' again")
+            index.generative = retriever
+        return index
 
     # --- persistence ---------------------------------------------------------------------------------------
     def save(self, path: "str | Path | None" = None) -> Path:
@@ -164,13 +171,20 @@ class Index:
         _save_safetensors(path / files["dense"], {f"modality_{c}": b for c, b in self.dense.serialize().items()})
         if self.generative is not None:
             files["generative"] = generation_name("generative", m.generation)
-            self.generative.save(path / files["generative"])
-            m.generative = {"spec": getattr(self.generative, "spec", None)}
+            self.generative.save(path / files["generative"], extra=self._pool_identity())
+            m.generative = {"quantizer": self.generative.quantizer.config.spec,
+                            "generator": self.generative.generator is not None,
+                            "collisions": self.generative.stats.to_dict()}
         m.files, m.num_items = files, len(self.candidates)
         m.modality_counts = {mod.value: int((self.modality_codes == mod.code).sum()) for mod in Modality}
         commit_manifest(path, m)
         self.path = path
         return path
+
+    def _pool_identity(self) -> dict[str, Any]:
+        """What the generative model's codes belong to: the encoder and the exact list of candidate ids."""
+        dids = hashlib.sha1("\n".join(c.did for c in self.candidates).encode()).hexdigest()
+        return {"encoder": self.manifest.encoder, "num_items": len(self.candidates), "dids_sha1": dids}
 
     # --- adding --------------------------------------------------------------------------------------------
     @property

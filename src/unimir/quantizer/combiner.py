@@ -28,7 +28,8 @@ class FeatureTensors:
             return torch.as_tensor(np.ascontiguousarray(a, dtype=np.float32), device=device)
 
         if features.image.shape != features.text.shape:
-            raise InvalidInputError(f"image/text feature shapes differ: {features.image.shape} vs {features.text.shape}")
+            raise InvalidInputError(f"image/text feature shapes differ: {features.image.shape} vs "
+                                    f"{features.text.shape}")
         return FeatureTensors(t(features.image), t(features.text), t(features.image_mask)[:, None],
                               t(features.text_mask)[:, None])
 

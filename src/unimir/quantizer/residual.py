@@ -32,6 +32,8 @@ class QuantizeOutput:
 
 
 class ModalityResidualQuantizer(nn.Module):
+    """Codebooks (buffers) and their EMA state; ``quantize`` for training, ``encode`` / ``decode`` for inference."""
+
     def __init__(self, config: QuantizerConfig):
         super().__init__()
         self.config = config
@@ -39,7 +41,7 @@ class ModalityResidualQuantizer(nn.Module):
         self.register_buffer("modality_codebook", torch.zeros(m, d))
         self.register_buffer("modality_count", torch.zeros(m))
         self.register_buffer("modality_sum", torch.zeros(m, d))
-        # codebooks[l - 1] is level l's codebook C_l.
+        # codebooks[i] is C_{i+1}, the codebook of semantic level i + 1.
         self.register_buffer("codebooks", torch.zeros(L, K, d))
         self.register_buffer("ema_count", torch.zeros(L, K))
         self.register_buffer("ema_sum", torch.zeros(L, K, d))
@@ -71,11 +73,11 @@ class ModalityResidualQuantizer(nn.Module):
         self.modality_sum.copy_(sums * scale)
         self.modality_codebook.copy_(sums / counts.clamp_min(1.0)[:, None])
         r = z - self.modality_codebook[c0]
-        for l in range(self.levels):
+        for i in range(self.levels):
             centroids, cluster_sizes = kmeans(r, self.config.codebook_size, iters, generator)
-            self.codebooks[l].copy_(centroids)
-            self.ema_count[l].copy_(cluster_sizes * scale)
-            self.ema_sum[l].copy_(centroids * (cluster_sizes * scale)[:, None])
+            self.codebooks[i].copy_(centroids)
+            self.ema_count[i].copy_(cluster_sizes * scale)
+            self.ema_sum[i].copy_(centroids * (cluster_sizes * scale)[:, None])
             r = r - centroids[squared_distances(r, centroids).argmin(-1)]
         self.initialized.fill_(True)
 
@@ -86,8 +88,8 @@ class ModalityResidualQuantizer(nn.Module):
         q = self.modality_codebook[c0]
         codes, commits, residuals, recon = [c0], [F.mse_loss(r, q)], [r.detach()], q
         r = r - q
-        for l in range(self.levels):
-            book = self.codebooks[l]
+        for i in range(self.levels):
+            book = self.codebooks[i]
             with torch.no_grad():
                 c = squared_distances(r.detach(), book).argmin(-1)
             q = book[c]
@@ -98,6 +100,17 @@ class ModalityResidualQuantizer(nn.Module):
             recon = recon + q
         return QuantizeOutput(torch.stack(codes, dim=1), F.normalize(recon, dim=-1),
                               torch.stack(commits).mean(), torch.stack(residuals))
+
+    @torch.no_grad()
+    def encode(self, z: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
+        """Codes int64 [n, L+1] of z (float32 [n, d]) given c0 (int64 [n]): nearest codeword per level, no losses."""
+        self.check_modalities(c0)
+        r = z.float() - self.modality_codebook[c0]
+        codes = [c0]
+        for i in range(self.levels):
+            codes.append(squared_distances(r, self.codebooks[i]).argmin(-1))
+            r = r - self.codebooks[i][codes[-1]]
+        return torch.stack(codes, dim=1)
 
     @torch.no_grad()
     def ema_update(self, residuals: torch.Tensor, codes: torch.Tensor, generator: torch.Generator) -> None:
@@ -113,30 +126,30 @@ class ModalityResidualQuantizer(nn.Module):
                                        alpha=1 - g)
         seen = self.modality_count > 1e-12
         self.modality_codebook[seen] = self.modality_sum[seen] / self.modality_count[seen, None]
-        for l in range(self.levels):
-            c, r = codes[:, l + 1], residuals[l + 1]
-            self.ema_count[l].mul_(g).add_(torch.bincount(c, minlength=K).float(), alpha=1 - g)
-            self.ema_sum[l].mul_(g).add_(torch.zeros_like(self.ema_sum[l]).index_add_(0, c, r), alpha=1 - g)
-            total = self.ema_count[l].sum()
-            smoothed = (self.ema_count[l] + eps) / (total + K * eps) * total
-            self.codebooks[l].copy_(self.ema_sum[l] / smoothed[:, None])
-            self._reseed_dead(l, r, generator)
+        for i in range(self.levels):
+            c, r = codes[:, i + 1], residuals[i + 1]
+            self.ema_count[i].mul_(g).add_(torch.bincount(c, minlength=K).float(), alpha=1 - g)
+            self.ema_sum[i].mul_(g).add_(torch.zeros_like(self.ema_sum[i]).index_add_(0, c, r), alpha=1 - g)
+            total = self.ema_count[i].sum()
+            smoothed = (self.ema_count[i] + eps) / (total + K * eps) * total
+            self.codebooks[i].copy_(self.ema_sum[i] / smoothed[:, None])
+            self._reseed_dead(i, r, generator)
 
-    def _reseed_dead(self, l: int, r: torch.Tensor, generator: torch.Generator) -> None:
-        """Replace level-l codewords with EMA count < threshold by random batch residuals. The new count is the
+    def _reseed_dead(self, i: int, r: torch.Tensor, generator: torch.Generator) -> None:
+        """Replace codebook i's codewords with EMA count < threshold by random batch residuals. The new count is the
         threshold itself, so a reseeded codeword survives the next step iff it captures >= threshold vectors."""
-        dead = (self.ema_count[l] < self.config.dead_code_threshold).nonzero().squeeze(1)
+        dead = (self.ema_count[i] < self.config.dead_code_threshold).nonzero().squeeze(1)
         if dead.numel() == 0:
             return
         pick = torch.randint(r.shape[0], (dead.numel(),), generator=generator, device="cpu").to(r.device)
-        self.codebooks[l, dead] = r[pick]
-        self.ema_count[l, dead] = self.config.dead_code_threshold
-        self.ema_sum[l, dead] = r[pick] * self.config.dead_code_threshold
+        self.codebooks[i, dead] = r[pick]
+        self.ema_count[i, dead] = self.config.dead_code_threshold
+        self.ema_sum[i, dead] = r[pick] * self.config.dead_code_threshold
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """normalize(C_0[c_0] + sum_l C_l[c_l]) for codes int64 [n, L+1]: float32 [n, d]."""
         recon = self.modality_codebook[codes[:, 0]]
-        for l in range(self.levels):
-            recon = recon + self.codebooks[l][codes[:, l + 1]]
+        for i in range(self.levels):
+            recon = recon + self.codebooks[i][codes[:, i + 1]]
         return F.normalize(recon, dim=-1)

@@ -1,0 +1,143 @@
+"""Stage 2: teach the generator to emit a positive's ID from its query (``genius-method.md`` §4.3).
+
+The quantizer is frozen, so the caller passes precomputed combiner outputs (z_q, z_p) and the positives' IDs.
+Every random draw (epoch order, mixing, dropout) is seeded from (seed, epoch or step), so a resumed run continues
+exactly as the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..errors import InvalidInputError
+from ..quantizer.checkpoint import load_training_state, save_training_state
+from ..quantizer.optim import adamw, warmup_cosine
+from .model import IDGenerator
+
+
+@dataclass(frozen=True)
+class GeneratorTrainConfig:
+    batch_size: int = 128  # paper 1024
+    epochs: int = 30  # paper 31; on small pools train until exact-ID accuracy is near 1
+    lr: float = 1e-3  # paper 1e-4 (for a 6-layer model on 1M+ queries)
+    warmup_ratio: float = 0.05  # linear warm-up share of all steps (paper: 500 steps)
+    weight_decay: float = 1e-4  # matrices only
+    betas: tuple[float, float] = (0.9, 0.98)
+    adam_eps: float = 1e-6
+    grad_clip: float = 1.0
+    mix_alpha: float = 2.0  # s ~ Beta(alpha, alpha) per sample and dimension
+    mix_prob: float = 1.0  # share of samples that are mixed (paper: all)
+    amp: bool = True  # bfloat16 autocast, on CUDA only
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.epochs < 1:
+            raise InvalidInputError("generator batch_size and epochs must be >= 1")
+        if not 0.0 <= self.mix_prob <= 1.0:
+            raise InvalidInputError(f"mix_prob must be in [0, 1], got {self.mix_prob}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GeneratorTrainConfig":
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise InvalidInputError(f"unknown GeneratorTrainConfig keys: {unknown}")
+        return cls(**{**data, "betas": tuple(data.get("betas", cls.betas))})
+
+
+@dataclass
+class GeneratorTrainReport:
+    """steps: optimisation steps taken in total; history: per-epoch means of loss, token_acc, exact_acc and
+    level_acc (per-level accuracy), all teacher-forced on the mixed training inputs."""
+
+    steps: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def mix_query_target(z_q: torch.Tensor, z_p: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """x = normalize(sqrt(s) * z_q + sqrt(1 - s) * z_p), elementwise s in [0, 1] (s = 1 gives z_q)."""
+    return F.normalize(s.sqrt() * z_q + (1.0 - s).sqrt() * z_p, dim=-1)
+
+
+def sample_mixed_inputs(z_q: torch.Tensor, z_p: torch.Tensor, alpha: float, prob: float,
+                        rng: np.random.Generator) -> torch.Tensor:
+    """Training inputs: each row mixed with probability ``prob`` (s ~ Beta(alpha, alpha) per dimension), else z_q."""
+    s = rng.beta(alpha, alpha, size=tuple(z_q.shape)).astype(np.float32)
+    s[rng.random(z_q.shape[0]) >= prob] = 1.0
+    return mix_query_target(z_q, z_p, torch.as_tensor(s, device=z_q.device))
+
+
+def train_generator(model: IDGenerator, z_q: np.ndarray, z_p: np.ndarray, target_codes: np.ndarray,
+                    config: GeneratorTrainConfig, *, progress: bool = True,
+                    checkpoint_path: str | Path | None = None, resume: bool = False) -> GeneratorTrainReport:
+    """Train in place on n pairs: z_q, z_p float32 [n, d] (combiner outputs of queries and positives) and
+    target_codes int64 [n, L+1] (the positives' IDs).
+
+    AdamW (no decay on biases and norms), linear warm-up then cosine to 0, gradient clipping, bfloat16 autocast
+    on CUDA. With ``checkpoint_path`` the model, optimiser, scheduler and step are saved after every epoch;
+    ``resume=True`` continues from that file when it exists.
+    """
+    n = z_q.shape[0]
+    if z_p.shape != z_q.shape or target_codes.shape != (n, model.vocab.code_length):
+        raise InvalidInputError(f"need z_q, z_p [n, d] and target codes [n, {model.vocab.code_length}], got "
+                                f"{z_q.shape}, {z_p.shape}, {target_codes.shape}")
+    device = torch.device(config.device)
+    model.to(device)
+    zq, zp = torch.as_tensor(z_q, dtype=torch.float32), torch.as_tensor(z_p, dtype=torch.float32)
+    targets = torch.as_tensor(target_codes, dtype=torch.long)
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    optimizer = adamw(model, config.lr, config.weight_decay, betas=config.betas, eps=config.adam_eps)
+    scheduler = warmup_cosine(optimizer, total, warmup_steps=round(config.warmup_ratio * total))
+    step = 0
+    if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
+        step = int(load_training_state(checkpoint_path, {"generator": model}, optimizer, scheduler)["step"])
+
+    report = GeneratorTrainReport(steps=step)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
+    model.train()
+    bar = tqdm(total=total, initial=step, desc="generator", disable=not progress)
+    for epoch in range(step // steps_per_epoch, config.epochs):
+        order = torch.as_tensor(np.random.default_rng([config.seed, epoch]).permutation(n))
+        sums: dict[str, Any] = {"loss": 0.0, "token_acc": 0.0, "exact_acc": 0.0,
+                                "level_acc": np.zeros(model.vocab.code_length)}
+        for i in range(step - epoch * steps_per_epoch, steps_per_epoch):
+            rows = order[i * config.batch_size:(i + 1) * config.batch_size]
+            rng = np.random.default_rng([config.seed, 1 << 20, step])
+            x = sample_mixed_inputs(zq[rows].to(device), zp[rows].to(device), config.mix_alpha, config.mix_prob,
+                                    rng)
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(int(rng.integers(2**62)))  # dropout masks, reproducible on resume
+                with amp:
+                    out = model.loss(x, targets[rows].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            part = {"loss": out.loss.item(), "token_acc": out.token_acc, "exact_acc": out.exact_acc,
+                    "level_acc": np.asarray(out.level_acc)}
+            for k, v in part.items():
+                sums[k] += v / steps_per_epoch
+            bar.update(1)
+            bar.set_postfix(loss=f"{part['loss']:.3f}", exact_acc=f"{part['exact_acc']:.3f}")
+        report.history.append({"epoch": epoch, **sums, "level_acc": sums["level_acc"].tolist()})
+        if checkpoint_path is not None:
+            save_training_state(checkpoint_path, {"generator": model}, optimizer, scheduler, step,
+                                {"config": config.to_dict()})
+    bar.close()
+    model.eval()
+    report.steps = step
+    return report

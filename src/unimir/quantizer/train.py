@@ -1,0 +1,139 @@
+"""Stage 1: train the combiner and the codebooks on (query, positive) pairs (``genius-method.md`` §3.3-3.4)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .checkpoint import load_training_state, save_training_state
+from .combiner import FeatureTensors
+from .config import QuantizerTrainConfig
+from .optim import adamw, warmup_cosine
+from .pairs import TrainingPairs
+from .residual import QuantizeOutput
+
+if TYPE_CHECKING:
+    from .model import SemanticQuantizer
+
+
+@dataclass
+class QuantizerTrainReport:
+    """steps: optimisation steps taken in total; history: per-epoch means of the loss and its parts."""
+
+    steps: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def quantizer_loss(z_q: torch.Tensor, z_p: torch.Tensor, out: QuantizeOutput, config: QuantizerTrainConfig,
+                   positives: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """L = L_cl + w_commit*L_commit + w_mse*L_mse for n pairs.
+
+    z_q, z_p: float32 [n, d] unit combiner outputs; ``out`` quantises [z_q; z_p] (2n rows). L_cl is symmetric
+    InfoNCE on z_q.z_p / tau; L_mse compares the straight-through quantised query and positive, so its gradient
+    reaches the combiner. ``positives`` (int64 [n]) masks in-batch duplicates of a row's positive when given.
+    """
+    n = z_q.shape[0]
+    logits = z_q @ z_p.T / config.tau
+    if positives is not None:
+        duplicate = (positives[:, None] == positives[None, :]) & ~torch.eye(n, dtype=torch.bool, device=z_q.device)
+        logits = logits.masked_fill(duplicate, float("-inf"))
+    target = torch.arange(n, device=z_q.device)
+    cl = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    z = torch.cat([z_q, z_p])
+    z_st = z + (out.z_hat - z).detach()
+    mse = F.mse_loss(z_st[:n], z_st[n:])
+    loss = cl + config.w_commit * out.commit + config.w_mse * mse
+    return loss, {"loss": loss.item(), "cl": cl.item(), "commit": out.commit.item(), "mse": mse.item()}
+
+
+def train_quantizer(quantizer: "SemanticQuantizer", pairs: TrainingPairs, config: QuantizerTrainConfig, *,
+                    progress: bool = True, checkpoint_path: str | Path | None = None,
+                    resume: bool = False) -> QuantizerTrainReport:
+    """Train in place. k-means initialises the codebooks first (unless resuming or already initialised); the
+    codebooks then follow EMA updates every step while AdamW trains the combiner. With ``checkpoint_path`` the full
+    state (combiner, codebooks + EMA state, optimiser, scheduler, step) is written after every epoch, and
+    ``resume=True`` continues from it."""
+    device = torch.device(config.device)
+    quantizer.to(device)
+    net = quantizer.net
+    queries = FeatureTensors.from_features(pairs.queries)
+    candidates = FeatureTensors.from_features(pairs.candidates)
+    positives = torch.as_tensor(pairs.positives)
+    c0 = torch.cat([torch.as_tensor(pairs.query_targets), torch.as_tensor(pairs.positive_modalities)])
+    n = len(pairs)
+    batch = min(config.batch_size, n)
+    steps_per_epoch = max(1, n // batch)  # drop the ragged tail: every step sees a full set of negatives
+    total = steps_per_epoch * config.epochs
+
+    def batch_inputs(rows: torch.Tensor) -> tuple[FeatureTensors, torch.Tensor]:
+        feats = FeatureTensors.cat([queries[rows], candidates[positives[rows]]])
+        moved = FeatureTensors(*(t.to(device) for t in (feats.image, feats.text, feats.image_mask, feats.text_mask)))
+        return moved, torch.cat([c0[rows], c0[n + rows]]).to(device)
+
+    optimizer = adamw(net.combiner, config.lr, config.weight_decay, eps=config.adam_eps)
+    scheduler = warmup_cosine(optimizer, total, final_ratio=config.lr_min / config.lr)
+    step = 0
+    if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
+        step = int(load_training_state(checkpoint_path, {"quantizer": net}, optimizer, scheduler)["step"])
+    elif not quantizer.is_trained:
+        _init_codebooks(quantizer, batch_inputs, n, batch, config)
+
+    report = QuantizerTrainReport(steps=step)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    net.train()
+    bar = tqdm(total=total, initial=step, desc="quantizer", disable=not progress)
+    for epoch in range(step // steps_per_epoch, config.epochs):
+        order = torch.as_tensor(np.random.default_rng([config.seed, epoch]).permutation(n))
+        sums: dict[str, float] = {}
+        for i in range(step - epoch * steps_per_epoch, steps_per_epoch):
+            rows = order[i * batch:(i + 1) * batch]
+            feats, codes0 = batch_inputs(rows)
+            with amp:
+                z = net.combiner(feats).float()
+            out = net.rq.quantize(z, codes0)
+            loss, parts = quantizer_loss(z[:len(rows)], z[len(rows):], out, config,
+                                         positives[rows].to(device) if config.mask_duplicate_positives else None)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            net.rq.ema_update(out.residuals, out.codes, torch.Generator().manual_seed(config.seed * 1_000_003 + step))
+            step += 1
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.update(1)
+            bar.set_postfix(loss=f"{parts['loss']:.3f}", cl=f"{parts['cl']:.3f}", commit=f"{parts['commit']:.4f}")
+        report.history.append({"epoch": epoch, **{k: v / steps_per_epoch for k, v in sums.items()}})
+        if checkpoint_path is not None:
+            save_training_state(checkpoint_path, {"quantizer": net}, optimizer, scheduler, step,
+                                {"config": config.to_dict()})
+    bar.close()
+    net.eval()
+    report.steps = step
+    return report
+
+
+@torch.no_grad()
+def _init_codebooks(quantizer: "SemanticQuantizer", batch_inputs, n: int, batch: int,
+                    config: QuantizerTrainConfig) -> None:
+    """k-means on the combiner outputs of a random sample of pairs (queries and positives alike). The RNG stream
+    id is one no epoch uses."""
+    wanted = config.kmeans_init_samples or 2 * batch
+    rows = torch.as_tensor(np.random.default_rng([config.seed, 1 << 20]).permutation(n)[:math.ceil(wanted / 2)])
+    zs, cs = [], []
+    for chunk in rows.split(4096):
+        feats, codes0 = batch_inputs(chunk)
+        z = quantizer.net.combiner(feats).float()
+        k = len(chunk)
+        zs += [z[:k], z[k:]]
+        cs += [codes0[:k], codes0[k:]]
+    quantizer.net.rq.init_codebooks(torch.cat(zs), torch.cat(cs), batch_vectors=2 * batch,
+                                    iters=config.kmeans_iters,
+                                    generator=torch.Generator().manual_seed(config.seed))

@@ -1,0 +1,62 @@
+"""``unimir serve``: an HTTP API and a search page over one index (needs the ``unimir[serve]`` extra).
+
+``serve(index_dir, host=, port=, root=, max_upload_bytes=)`` loads the index and its encoder once and runs
+uvicorn; ``create_app(index, max_upload_bytes=)`` builds the FastAPI app (tests drive it with a test client).
+Both go through one :class:`~unimir.serve.backend.SearchBackend`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import UnimirError
+from .backend import DEFAULT_MAX_UPLOAD_BYTES
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from ..index import Index
+
+__all__ = ["serve", "create_app", "DEFAULT_MAX_UPLOAD_BYTES"]
+
+
+class MissingServerDependency(UnimirError):
+    http_status = 500
+
+
+def _require_server_packages() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import python_multipart  # noqa: F401  (form uploads)
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise MissingServerDependency(f"unimir serve needs the 'serve' extra ({exc.name} is missing): "
+                                      "pip install 'unimir[serve]'") from None
+
+
+def create_app(index: "Index", max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, *,
+               warm_up: bool = False) -> "FastAPI":
+    """The FastAPI app for ``index``; ``warm_up`` runs one query first so no request pays lazy set-up."""
+    _require_server_packages()
+    from .app import create_app as _create_app
+
+    return _create_app(index, max_upload_bytes, warm_up=warm_up)
+
+
+def serve(index_dir: "str | Path", host: str = "127.0.0.1", port: int = 8000, root: "str | Path | None" = None,
+          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
+    """Load the index at ``index_dir`` (``root`` overrides its data root) and serve it until interrupted."""
+    _require_server_packages()
+    import uvicorn
+
+    from ..index import Index
+
+    index = Index.load(Path(index_dir), root=root)
+    app = create_app(index, max_upload_bytes, warm_up=True)
+    logging.getLogger("unimir.serve").setLevel(logging.INFO)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"unimir: serving {len(index)} items from {index_dir} on http://{shown}:{port}/ "
+          f"(API docs at /docs; modes: {', '.join(index.modes)})", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=30, server_header=False)

@@ -1,0 +1,180 @@
+"""GenerativeRetriever end to end on a tiny synthetic corpus whose answers are known."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from unimir.data.records import Modality
+from unimir.errors import IndexFormatError, InvalidInputError
+from unimir.generator import GenerativeRetriever, GeneratorConfig, GeneratorTrainConfig, allowed_modalities
+from unimir.quantizer import QuantizerConfig, QuantizerTrainConfig, SemanticQuantizer
+from unimir.quantizer.synthetic import synthetic_corpus
+from unimir.ranking import Ranking
+
+N_ITEMS, N_INDEXED, PER_ITEM, DIM = 300, 250, 3, 32
+MODES = [("generative", False), ("generative", True), ("generative-rerank", True), ("quantize", True),
+         ("quantize", False)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return synthetic_corpus(N_ITEMS, dim=DIM, n_clusters=8, queries_per_item=PER_ITEM, seed=0)
+
+
+@pytest.fixture(scope="module")
+def split(corpus):
+    """Two queries per item train, the third is held out."""
+    rows = np.arange(len(corpus.positives))
+    return rows[rows % PER_ITEM != PER_ITEM - 1], rows[rows % PER_ITEM == PER_ITEM - 1]
+
+
+@pytest.fixture(scope="module")
+def retriever(corpus, split):
+    """Trained on every item's training queries; only the first N_INDEXED items are indexed."""
+    r = GenerativeRetriever(SemanticQuantizer(QuantizerConfig(dim=DIM, hidden=32, levels=2, codebook_size=8)))
+    r.fit_quantizer(corpus.pairs(split[0]), QuantizerTrainConfig(batch_size=128, epochs=5, lr=1e-3,
+                                                                 kmeans_iters=10), progress=False)
+    r.fit_generator(corpus.pairs(split[0]), GeneratorTrainConfig(batch_size=64, epochs=40, lr=3e-3),
+                    GeneratorConfig(num_layers=1, d_model=32, num_heads=2, d_ff=64, prefix_len=2), progress=False)
+    r.index(corpus.candidates[:N_INDEXED], corpus.modalities[:N_INDEXED])
+    return r
+
+
+def expected_recall(rankings: list[Ranking], positives: np.ndarray, k: int) -> float:
+    """Tie-aware hit rate (mbeir-format.md §9): a tied positive counts in expectation over its group's order."""
+    hits = []
+    for ranking, positive in zip(rankings, positives):
+        where = np.flatnonzero(ranking.indices == positive)
+        if len(where) == 0:
+            hits.append(0.0)
+            continue
+        group = np.flatnonzero(ranking.tie_groups == ranking.tie_groups[where[0]])
+        slots = min(k - group[0], len(group))
+        hits.append(max(slots, 0) / len(group))
+    return float(np.mean(hits))
+
+
+def run(retriever, corpus, rows, mode, fused, k=10, beams=10, **kwargs):
+    return retriever.search(corpus.queries[rows], corpus.query_targets[rows], k=k, beams=beams, mode=mode,
+                            cand_fused=corpus.candidates[:len(retriever)].fused() if fused else None, **kwargs)
+
+
+@pytest.mark.parametrize("mode,fused", MODES)
+def test_recall_far_above_random_on_held_out_queries(retriever, corpus, split, mode, fused):
+    held_out = split[1][corpus.positives[split[1]] < N_INDEXED]
+    recall = expected_recall(run(retriever, corpus, held_out, mode, fused), corpus.positives[held_out], 10)
+    random_recall = 10 / N_INDEXED
+    assert recall > 0.5 > 10 * random_recall, (mode, fused, recall)
+
+
+@pytest.mark.parametrize("mode,fused", MODES)
+def test_rankings_honour_the_output_contract(retriever, corpus, split, mode, fused):
+    rows = split[1][:40]
+    k = 7
+    for ranking, target in zip(run(retriever, corpus, rows, mode, fused, k=k), corpus.query_targets[rows]):
+        assert ranking.indices.dtype == np.int64 and ranking.scores.dtype == np.float32
+        assert len(np.unique(ranking.indices)) == len(ranking) >= min(k, 1)
+        assert (ranking.indices < len(retriever)).all()
+        assert (np.diff(ranking.scores) <= 1e-6).all() and (np.diff(ranking.tie_groups) >= 0).all()
+        if len(ranking) > k:  # only to complete the tie group straddling k
+            assert (ranking.tie_groups[k - 1:] == ranking.tie_groups[k - 1]).all()
+        assert (corpus.modalities[ranking.indices] == target).all()
+        if mode == "generative" and not fused:  # a bucket is one tie group, scored by its beam
+            for group in np.unique(ranking.tie_groups):
+                members = ranking.indices[ranking.tie_groups == group]
+                assert len(np.unique(retriever.codes[members], axis=0)) == 1
+                assert len(np.unique(ranking.scores[ranking.tie_groups == group])) == 1
+
+
+def test_rerank_cap_limits_the_shortlist(retriever, corpus, split):
+    rows = split[1][:10]
+    capped = run(retriever, corpus, rows, "generative-rerank", True, k=50, beams=20, rerank_max_candidates=5)
+    assert all(len(r) <= 5 for r in capped)
+    full = run(retriever, corpus, rows, "generative-rerank", True, k=50, beams=20)
+    assert any(len(r) > 5 for r in full)
+
+
+def test_add_makes_new_items_retrievable(retriever, corpus, split):
+    late = split[1][corpus.positives[split[1]] >= N_INDEXED]
+    before = run(retriever, corpus, late, "generative", False)
+    assert expected_recall(before, corpus.positives[late], 10) == 0.0
+    grown = GenerativeRetriever(retriever.quantizer, retriever.generator)
+    grown.index(corpus.candidates[:N_INDEXED], corpus.modalities[:N_INDEXED])
+    new_rows = grown.add(corpus.candidates[N_INDEXED:], corpus.modalities[N_INDEXED:])
+    np.testing.assert_array_equal(new_rows, np.arange(N_INDEXED, N_ITEMS))
+    assert grown.trie.is_built_from(grown.codes) and grown.stats.n_items == N_ITEMS
+    np.testing.assert_array_equal(grown.codes[:N_INDEXED], retriever.codes)
+    after = run(grown, corpus, late, "generative", False)
+    assert expected_recall(after, corpus.positives[late], 10) > 0.5
+
+
+def test_codes_are_read_only_and_the_quantizer_frozen(retriever, corpus, split):
+    with pytest.raises(ValueError):
+        retriever.codes[0, 0] = 1
+    with pytest.raises(InvalidInputError, match="frozen"):
+        retriever.fit_quantizer(corpus.pairs(split[0]))
+
+
+def test_save_load_round_trip(tmp_path, retriever, corpus, split):
+    retriever.save(tmp_path, extra={"encoder": "synthetic"})
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["codes"]["rows"] == N_INDEXED
+    assert manifest["quantizer"]["spec"] == "C32+M3+RQ2x8" and manifest["extra"] == {"encoder": "synthetic"}
+    loaded = GenerativeRetriever.load(tmp_path)
+    np.testing.assert_array_equal(loaded.codes, retriever.codes)
+    assert loaded.stats == retriever.stats and loaded.extra == {"encoder": "synthetic"}
+    rows = split[1][:20]
+    for mode, fused in MODES:
+        for a, b in zip(run(loaded, corpus, rows, mode, fused), run(retriever, corpus, rows, mode, fused)):
+            np.testing.assert_array_equal(a.indices, b.indices)
+            np.testing.assert_array_equal(a.tie_groups, b.tie_groups)
+
+
+def test_load_detects_stale_or_tampered_files(tmp_path, retriever):
+    retriever.save(tmp_path)
+    np.save(tmp_path / "codes.npy", np.asarray(retriever.codes)[::-1].copy(), allow_pickle=False)
+    with pytest.raises(IndexFormatError, match="codes.npy"):
+        GenerativeRetriever.load(tmp_path)
+    retriever.save(tmp_path)
+    other = SemanticQuantizer(retriever.quantizer.config, seed=1)
+    other.net.rq.initialized.fill_(True)
+    other.save(tmp_path)  # a retrained quantizer dropped in beside the old codes
+    with pytest.raises(IndexFormatError, match="quantizer"):
+        GenerativeRetriever.load(tmp_path)
+
+
+def test_allowed_modalities_forms():
+    expected = np.array([[True, False, False], [False, True, True], [True, True, True], [False, False, True]])
+    forms = [np.array([0, -1, -1, 2]), [0, [1, 2], None, Modality.IMAGE_TEXT], ["image", "text|image,text", -1, 2]]
+    np.testing.assert_array_equal(allowed_modalities(forms[1], 4), expected)
+    np.testing.assert_array_equal(allowed_modalities(forms[2], 4), expected)
+    np.testing.assert_array_equal(allowed_modalities(forms[0], 4)[[0, 3]], expected[[0, 3]])
+    assert allowed_modalities(None, 4) is None
+    np.testing.assert_array_equal(allowed_modalities(expected, 4), expected)
+    for bad in ([3], [0, 1], ["video"]):
+        with pytest.raises(InvalidInputError):
+            allowed_modalities(bad, 1)
+
+
+def test_search_argument_errors(retriever, corpus):
+    queries = corpus.queries[:2]
+    with pytest.raises(InvalidInputError, match="unknown"):
+        retriever.search(queries, mode="dense")
+    with pytest.raises(InvalidInputError, match="cand_fused"):
+        retriever.search(queries, mode="generative-rerank")
+    with pytest.raises(InvalidInputError, match="generator"):
+        GenerativeRetriever(retriever.quantizer).search(queries)
+    empty = GenerativeRetriever(retriever.quantizer, retriever.generator)
+    assert all(len(r) == 0 for r in empty.search(queries, k=5))
