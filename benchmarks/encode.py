@@ -85,7 +85,9 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
-    print(f"builtin encoder, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    enc = load_encoder("builtin")
+    print(f"builtin encoder ({'bfloat16' if enc.bf16 else 'float32'} autocast), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
     print(format_rows(run(args.quick, args.threads)))
 
 

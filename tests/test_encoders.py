@@ -24,12 +24,24 @@ def builtin():
     return load_encoder("builtin")
 
 
-def test_builtin_text_provenance(builtin):
+def test_builtin_text_provenance():
     """The sentence-transformers model card's figures: these vouch for the shipped MiniLM weights."""
-    v = builtin.embed_texts(["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."])
+    from unimir.encoders.builtin import BuiltinEncoder
+
+    v = BuiltinEncoder(precision="fp32").embed_texts(["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."])
     sims = v @ v.T
     assert sims[0, 1] == pytest.approx(0.6660, abs=1e-3)
     assert sims[0, 2] == pytest.approx(0.1046, abs=1e-3) and sims[1, 2] == pytest.approx(0.1411, abs=1e-3)
+
+
+def test_reduced_precision_stays_close_to_fp32(builtin):
+    from unimir.encoders.builtin import BuiltinEncoder
+
+    exact = BuiltinEncoder(precision="fp32")
+    texts = ["a red apple", "an old steam locomotive crossing a bridge"]
+    images = [draw("red", "circle", 96), draw("green", "triangle", 80)]
+    assert (np.sum(exact.embed_texts(texts) * builtin.embed_texts(texts), axis=1) > 0.999).all()
+    assert (np.sum(exact.embed_images(images) * builtin.embed_images(images), axis=1) > 0.99).all()
 
 
 def test_builtin_images_share_the_text_space(builtin):

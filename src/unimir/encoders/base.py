@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -188,20 +189,30 @@ class Encoder(ABC):
                 out[i], good[i] = found[k], True
         bs = batch_size or self.image_batch_size
         fresh: dict[str, np.ndarray] = {}
-        with _progress(len(todo), "encode images", progress) as bar:
-            for start in range(0, len(todo), bs):
-                rows, images = [], []
-                for i in todo[start:start + bs]:
-                    try:
-                        images.append(open_image(items[i].image, name=items[i].name))
-                        rows.append(i)
-                    except UnimirError as exc:
-                        problems.add(str(exc), item=items[i].name)
+
+        def load(rows: list[int]) -> tuple[list[int], list]:
+            """Decode one batch; a bad file is reported and left out. Runs on a helper thread."""
+            good_rows, images = [], []
+            for i in rows:
+                try:
+                    images.append(open_image(items[i].image, name=items[i].name))
+                    good_rows.append(i)
+                except UnimirError as exc:
+                    problems.add(str(exc), item=items[i].name)
+            return good_rows, images
+
+        batches = [todo[s:s + bs] for s in range(0, len(todo), bs)]
+        # decode the next batch while the network runs on this one (Pillow releases the GIL)
+        with _progress(len(todo), "encode images", progress) as bar, ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(load, batches[0]) if batches else None
+            for b in range(len(batches)):
+                rows, images = pending.result()
+                pending = pool.submit(load, batches[b + 1]) if b + 1 < len(batches) else None
                 if images:
                     vecs = self.embed_images(images, role)
                     out[rows], good[rows] = vecs, True
                     fresh.update((keys[i], v) for i, v in zip(rows, vecs) if keys[i] is not None)
-                bar.update(min(bs, len(todo) - start))
+                bar.update(len(batches[b]))
         if cache and fresh:
             cache.put_many(self.spec, f"image:{role}", fresh)
         return out, good

