@@ -28,7 +28,8 @@ def test_builtin_text_provenance():
     """The sentence-transformers model card's figures: these vouch for the shipped MiniLM weights."""
     from unimir.encoders.builtin import BuiltinEncoder
 
-    v = BuiltinEncoder(precision="fp32").embed_texts(["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."])
+    v = BuiltinEncoder(precision="fp32").embed_texts(
+        ["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."])
     sims = v @ v.T
     assert sims[0, 1] == pytest.approx(0.6660, abs=1e-3)
     assert sims[0, 2] == pytest.approx(0.1046, abs=1e-3) and sims[1, 2] == pytest.approx(0.1411, abs=1e-3)
