@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--beams", type=int, default=None)
     s.add_argument("--seed", type=int, default=0, help="seed of the per-query instruction choice")
     s.add_argument("--runs", help="write TREC run files to this folder")
+    s.add_argument("--exclude-query", action="store_true",
+                   help="drop candidates identical to the query (its own image or text), as CIRR does")
     s.add_argument("--json", dest="json_out", help="write results as JSON to this file")
 
     s = sub.add_parser("train", help="train the generative retriever (quantizer, then ID generator) of an index")
@@ -196,7 +198,7 @@ def cmd_eval(args, progress: bool) -> int:
     for mode in [m.strip() for m in args.mode.split(",") if m.strip()]:
         results += evaluate(index, args.queries, qrels=args.qrels, root=args.root, ks=args.k, mode=mode,
                             beams=args.beams, instructions=args.instructions, seed=args.seed, progress=progress,
-                            runs_dir=args.runs)
+                            runs_dir=args.runs, exclude_query=args.exclude_query)
     print(format_table(results))
     missing = sum(r.missing_positives for r in results)
     if missing:

@@ -9,7 +9,7 @@ from pathlib import Path
 from .data.mbeir import InstructionTable, read_queries
 from .data.tasks import candidate_modality, task_name
 from .encoders.cache import default_cache_dir
-from .eval import evaluate, format_table
+from .eval import evaluate, format_comparison, format_table
 from .index import Index
 
 TEST_FILES = ("mbeir_demo_task0_test.jsonl", "mbeir_demo_task3_test.jsonl", "mbeir_demo_task4_test.jsonl",
@@ -54,6 +54,26 @@ def run_demo(out: "str | Path | None" = None, *, train: bool = True, progress: b
     print("\n== 3. Evaluation on the demo test queries (Recall@K in %, random baseline beside it)")
     results = evaluate(index, test_query_files(root), ks=(1, 5, 10), progress=progress)
     print(format_table(results))
+    if not train:
+        return 0
+
+    print("\n== 4. Train generative retrieval (GENIUS: semantic IDs + ID generator) on the training split")
+    from .training import train as train_generative
+    from .training import training_pairs
+
+    t0 = time.perf_counter()
+    pairs = training_pairs(index, [root / "query" / "train" / "mbeir_demo_train.jsonl"], progress=progress)
+    report = train_generative(index, pairs, progress=progress)
+    c = report.collisions
+    print(f"   {len(pairs)} (query, positive) pairs; trained in {time.perf_counter() - t0:.0f} s; "
+          f"quantizer {index.generative.quantizer.config.spec}: {c.n_distinct} distinct IDs for {c.n_items} items, "
+          f"largest bucket {c.max_bucket}")
+
+    print("\n== 5. Dense and generative retrieval side by side (Recall@K in %)")
+    for mode in ("generative", "generative-rerank", "quantize"):
+        results += evaluate(index, test_query_files(root), ks=(1, 5, 10), mode=mode, progress=progress)
+    print(format_comparison(results))
+    print(f"\n   Try it: unimir search {out} --text 'a red apple' --modality image --mode generative-rerank")
     return 0
 
 

@@ -40,6 +40,13 @@ class Ranking:
     def top(self, k: int) -> "Ranking":
         return Ranking(self.indices[:k], self.scores[:k], self.tie_groups[:k])
 
+    def without(self, rows: "set[int] | np.ndarray") -> "Ranking":
+        """The ranking with the given candidate rows removed (tie groups of the rest unchanged)."""
+        if len(rows) == 0:
+            return self
+        keep = ~np.isin(self.indices, np.fromiter(rows, dtype=np.int64) if isinstance(rows, set) else rows)
+        return Ranking(self.indices[keep], self.scores[keep], self.tie_groups[keep])
+
     @staticmethod
     def empty() -> "Ranking":
         return Ranking(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64))

@@ -29,7 +29,9 @@ class HFDualEncoder(Encoder):
 
     def __init__(self, name: str, device: str = "cpu", threads: int | None = None):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a weight-loading bar on every start is noise in a CLI
         if threads:
             torch.set_num_threads(threads)
         self.name, self.spec, self.device = name, f"hf:{name}", device

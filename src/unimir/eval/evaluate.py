@@ -45,13 +45,15 @@ def evaluate(index: Index, query_files: Sequence["str | Path"], *, qrels: Sequen
              root: "str | Path | None" = None, ks: Sequence[int] = (1, 5, 10), mode: str = "dense",
              beams: int | None = None, instructions: "str | Path | InstructionTable | None" = None,
              seed: int = 0, batch_size: int = 256, progress: bool = False, runs_dir: "str | Path | None" = None,
-             problems: Problems | None = None) -> list[EvalResult]:
+             exclude_query: bool = False, problems: Problems | None = None) -> list[EvalResult]:
     """Evaluate ``index`` on M-BEIR query files.
 
     Positives come from ``qrels`` files when given, else from each query's ``pos_cand_list``. The
     candidate-modality filter follows each query's task id. Instructions come from ``instructions`` (a TSV path
     or table), else from ``<root>/instructions/query_instructions.tsv`` when it exists, and are chosen
     deterministically per qid with ``seed``. Queries whose image cannot be read are skipped and counted.
+    ``exclude_query`` drops candidates identical to the query (its own image or text) before scoring, as CIRR's
+    protocol drops the reference image.
     """
     problems = problems if problems is not None else Problems()
     relevant_map: Qrels = {}
@@ -69,17 +71,20 @@ def evaluate(index: Index, query_files: Sequence["str | Path"], *, qrels: Sequen
             by_task.setdefault(q.task_id, []).append(q)
         for task_id, group in sorted(by_task.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
             results.append(_evaluate_group(index, qfile, task_id, group, relevant_map if qrels else None, data_root,
-                                           table, tuple(ks), mode, beams, batch_size, progress, runs_dir, problems))
+                                           table, tuple(ks), mode, beams, batch_size, progress, runs_dir,
+                                           exclude_query, problems))
     return results
 
 
 def _evaluate_group(index, qfile, task_id, queries, relevant_map, data_root, table, ks, mode, beams, batch_size,
-                    progress, runs_dir, problems) -> EvalResult:
+                    progress, runs_dir, exclude_query, problems) -> EvalResult:
     prepared = prepare_queries(queries, index, data_root=data_root, instructions=table, relevant=relevant_map,
                                problems=problems, source=str(qfile))
     feats, ok = index.encoder.encode(prepared.items, "query", progress=progress, problems=problems)
     prepared = prepared.keep(ok)
     allowed = [(t,) if t else None for t in prepared.targets]
+    duplicates = [index.duplicate_rows(q.query_txt, item.image) if exclude_query else set()
+                  for q, item in zip(prepared.queries, prepared.items)]
     spec = eval_set(queries[0].dataset_id, task_id) if task_id is not None else None
     ks = tuple(sorted(set(ks) | ({spec.headline_k} if spec else set())))
     hits: dict[int, list[float]] = {k: [] for k in ks}
@@ -88,9 +93,11 @@ def _evaluate_group(index, qfile, task_id, queries, relevant_map, data_root, tab
     pool_sizes = {None: len(index)} | {m: int((index.modality_codes == m.code).sum()) for m in Modality}
     for start in range(0, len(prepared.items), batch_size):
         sl = slice(start, start + batch_size)
-        rankings = index.search_features(feats[sl], allowed[sl], max(ks), mode=mode, beams=beams)
-        for q, target, rel, ranking in zip(prepared.queries[sl], prepared.targets[sl], prepared.relevant[sl],
-                                           rankings):
+        depth = max(ks) + max((len(d) for d in duplicates[sl]), default=0)
+        rankings = index.search_features(feats[sl], allowed[sl], depth, mode=mode, beams=beams)
+        for q, target, rel, dups, ranking in zip(prepared.queries[sl], prepared.targets[sl], prepared.relevant[sl],
+                                                 duplicates[sl], rankings):
+            ranking = ranking.without(dups)
             dids = [index.candidates[i].did for i in ranking.indices]
             is_rel = np.fromiter((d in rel for d in dids), dtype=bool, count=len(dids))
             in_pool = sum(1 for d in rel if d in index.row_of and (target is None or index.get(d).modality == target))
@@ -130,6 +137,27 @@ def format_table(results: Sequence[EvalResult], *, baseline: bool = True) -> str
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_comparison(results: Sequence[EvalResult], reference: str = "dense") -> str:
+    """Modes side by side: one row per (task, mode), grouped by task, with each mode's headline recall as a
+    ratio of the ``reference`` mode's."""
+    ref = {(r.queries, r.task_id): r for r in results if r.mode == reference}
+    ks = sorted({int(k) for r in results for k in r.recall})
+    head = ["task", "mode"] + [f"R@{k}" for k in ks] + ["headline", f"÷{reference}"]
+    rows = [head]
+    order = {m: i for i, m in enumerate(dict.fromkeys(r.mode for r in results))}
+    for r in sorted(results, key=lambda r: (r.queries, r.task_id or 0, order[r.mode])):
+        hk = str(r.headline_k)
+        base = ref.get((r.queries, r.task_id))
+        ratio = (f"{r.recall[hk] / base.recall[hk]:.2f}" if base and base.recall.get(hk) else "-")
+        rows.append([r.task or r.queries, r.mode] + [f"{100 * r.recall[str(k)]:.1f}" if str(k) in r.recall else ""
+                                                     for k in ks] + [f"R@{hk}", ratio])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

@@ -189,9 +189,18 @@ class Index:
     # --- adding --------------------------------------------------------------------------------------------
     @property
     def encoder(self) -> Encoder:
+        """The encoder named in the manifest, loaded on first use."""
         if self._encoder is None:
             self._encoder = load_encoder(self.manifest.encoder)
         return self._encoder
+
+    @encoder.setter
+    def encoder(self, encoder: Encoder) -> None:
+        """Swap in an equivalent encoder (a wrapper that batches requests, the same model on another device)."""
+        if encoder.spec != self.manifest.encoder or encoder.dim != self.manifest.dim:
+            raise InvalidInputError(f"encoder {encoder.spec!r} ({encoder.dim}-d) does not match this index's "
+                                    f"{self.manifest.encoder!r} ({self.manifest.dim}-d)")
+        self._encoder = encoder
 
     def __len__(self) -> int:
         return len(self.candidates)
@@ -323,12 +332,9 @@ class Index:
         allowed = parse_modalities(modality)
         feats, _ = self.encoder.encode([Item(qtext, image, name="query")], "query")
         t1 = time.perf_counter()
-        duplicates = self._duplicates_of(text if has_text else None, image) if exclude_query else set()
+        duplicates = self.duplicate_rows(text if has_text else None, image) if exclude_query else set()
         ranking = self.search_features(feats, [allowed], k + len(duplicates), mode=mode, beams=beams)[0]
-        if duplicates:
-            keep = ~np.isin(ranking.indices, list(duplicates))
-            ranking = Ranking(ranking.indices[keep], ranking.scores[keep], ranking.tie_groups[keep])
-        ranking = ranking.top(k)
+        ranking = ranking.without(duplicates).top(k)
         t2 = time.perf_counter()
         hits = [SearchHit(i + 1, c.did, c.modality.value, float(s), c.txt, c.img_path, int(g))
                 for i, (c, s, g) in enumerate(zip((self.candidates[r] for r in ranking.indices), ranking.scores,
@@ -357,7 +363,11 @@ class Index:
         if not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
             raise InvalidInputError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
 
-    def _duplicates_of(self, text: str | None, image) -> set[int]:
+    def duplicate_rows(self, text: str | None, image: "str | Path | bytes | None") -> set[int]:
+        """Rows identical to a query: the same image bytes, or a text-only item with the same (formatted) text.
+
+        Dense retrievers rank the query's own image first on composed queries; ``exclude_query`` drops these.
+        """
         rows: set[int] = set()
         if image is not None:
             digest = bytes_digest(bytes(image)) if isinstance(image, (bytes, bytearray)) else file_digest(image)

@@ -203,8 +203,7 @@ class SearchBackend:
         self._add_lock = threading.Lock()
         enc = index.encoder  # loads the encoder now, once, instead of on the first request
         if not isinstance(enc, BatchingEncoder):
-            # Index has no public setter for its encoder; the attribute is the one Index.encoder reads.
-            index._encoder = BatchingEncoder(enc)
+            index.encoder = BatchingEncoder(enc)
         self.thumbnails = _LRU(max_items=thumbnail_cache_items)
         self.started = time.time()
 
