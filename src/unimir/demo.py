@@ -43,7 +43,7 @@ def run_demo(out: "str | Path | None" = None, *, train: bool = True, progress: b
         instruction = table.choose(q.qid, q.dataset_id, q.query_modality, target)
         image = root / q.query_img_path if q.query_img_path else None
         result = index.search(q.query_txt, str(image) if image else None, instruction=instruction,
-                              modality=target.value, k=3)
+                              modality=target.value, k=3, exclude_query=True)
         shown = " + ".join(x for x in (q.query_img_path, repr(q.query_txt) if q.query_txt else None) if x)
         print(f"\n   {task_name(q.task_id)}  query: {shown}\n   instruction: {instruction}")
         for h in result.hits:
@@ -52,7 +52,8 @@ def run_demo(out: "str | Path | None" = None, *, train: bool = True, progress: b
             print(f"    {mark}{h.rank}. {h.score:.3f}  {h.did:<8} {content[:70]}")
 
     print("\n== 3. Evaluation on the demo test queries (Recall@K in %, random baseline beside it)")
-    results = evaluate(index, test_query_files(root), ks=(1, 5, 10), progress=progress)
+    # exclude_query: a composed query's own image is never the answer (as in CIRR's protocol)
+    results = evaluate(index, test_query_files(root), ks=(1, 5, 10), progress=progress, exclude_query=True)
     print(format_table(results))
     if not train:
         return 0
@@ -71,7 +72,8 @@ def run_demo(out: "str | Path | None" = None, *, train: bool = True, progress: b
 
     print("\n== 5. Dense and generative retrieval side by side (Recall@K in %)")
     for mode in ("generative", "generative-rerank", "quantize"):
-        results += evaluate(index, test_query_files(root), ks=(1, 5, 10), mode=mode, progress=progress)
+        results += evaluate(index, test_query_files(root), ks=(1, 5, 10), mode=mode, progress=progress,
+                            exclude_query=True)
     print(format_comparison(results))
     print(f"\n   Try it: unimir search {out} --text 'a red apple' --modality image --mode generative-rerank")
     return 0
