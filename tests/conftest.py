@@ -22,6 +22,17 @@ def _isolated_cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: thread start-up costs more than it saves (and CI machines are shared)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def draw(colour: str, shape: str, size: int = 48) -> Image.Image:
     im = Image.new("RGB", (size, size), "white")
     d = ImageDraw.Draw(im)

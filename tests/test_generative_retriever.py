@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from unimir.data.records import Modality
 from unimir.errors import IndexFormatError, InvalidInputError
@@ -20,12 +19,7 @@ MODES = [("generative", False), ("generative", True), ("generative-rerank", True
          ("quantize", False)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

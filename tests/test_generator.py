@@ -32,12 +32,7 @@ CONFIG = GeneratorConfig(dim=DIM, levels=L, codebook_size=K, num_layers=2, d_mod
                          prefix_len=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

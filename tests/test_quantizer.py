@@ -23,13 +23,7 @@ DIM = 32
 TRAIN = QuantizerTrainConfig(batch_size=128, epochs=4, lr=1e-3, kmeans_iters=10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: thread start-up costs more than it saves (and CI machines are shared).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -59,64 +59,63 @@ def _record_modality(obj: dict, key: str, has_text: bool, has_image: bool, path:
 
 def read_candidates(path: "str | os.PathLike", problems: Problems | None = None) -> list[Candidate]:
     """Read an M-BEIR candidate pool (``cand_pool/*.jsonl``). Bad lines go to ``problems`` (raise when strict)."""
-    path, problems = Path(path), problems if problems is not None else Problems(strict=True)
-    out: list[Candidate] = []
-    seen: dict[str, int] = {}
-    for lineno, obj in _iter_json_lines(path, problems):
-        try:
-            did = obj.get("did")
-            if not isinstance(did, (str, int)) or str(did) == "":
-                raise DataError("missing candidate id", path=str(path), line=lineno, field="did")
-            did = str(did)
-            if did in seen:
-                raise DataError(f"duplicate candidate id {did!r} (first on line {seen[did]})",
-                                path=str(path), line=lineno, field="did")
-            txt = _opt_str(obj, "txt", path, lineno)
-            img = _opt_str(obj, "img_path", path, lineno)
-            if txt is None and img is None:
-                raise DataError("a candidate needs 'txt', 'img_path' or both", path=str(path), line=lineno)
-            modality = _record_modality(obj, "modality", txt is not None, img is not None, path, lineno)
-            src = obj.get("src_content")
-            out.append(Candidate(did, modality, txt, img, src if isinstance(src, str) or src is None else dumps(src)))
-            seen[did] = lineno
-        except DataError as exc:
-            problems.add(exc.reason, path=str(path), line=lineno, item=str(obj.get("did")), field_name=exc.field)
-    return out
+    return _read_records(Path(path), problems, "did", "candidate", _parse_candidate)
 
 
 def read_queries(path: "str | os.PathLike", problems: Problems | None = None) -> list[Query]:
-    """Read an M-BEIR query file (``query/**.jsonl``)."""
-    path, problems = Path(path), problems if problems is not None else Problems(strict=True)
-    out: list[Query] = []
-    seen: dict[str, int] = {}
+    """Read an M-BEIR query file (``query/**.jsonl``). Bad lines go to ``problems`` (raise when strict)."""
+    return _read_records(Path(path), problems, "qid", "query", _parse_query)
+
+
+def _read_records(path: Path, problems: Problems | None, id_field: str, kind: str, parse) -> list:
+    """The shared loop: one record per line, ids present and unique, every failure located by file and line."""
+    problems = problems if problems is not None else Problems(strict=True)
+    out, seen = [], {}
     for lineno, obj in _iter_json_lines(path, problems):
         try:
-            qid = obj.get("qid")
-            if not isinstance(qid, (str, int)) or str(qid) == "":
-                raise DataError("missing query id", path=str(path), line=lineno, field="qid")
-            qid = str(qid)
-            if qid in seen:
-                raise DataError(f"duplicate query id {qid!r} (first on line {seen[qid]})",
-                                path=str(path), line=lineno, field="qid")
-            txt = _opt_str(obj, "query_txt", path, lineno)
-            img = _opt_str(obj, "query_img_path", path, lineno)
-            if txt is None and img is None:
-                raise DataError("a query needs 'query_txt', 'query_img_path' or both", path=str(path), line=lineno)
-            modality = _record_modality(obj, "query_modality", txt is not None, img is not None, path, lineno)
-            pos, neg = obj.get("pos_cand_list") or [], obj.get("neg_cand_list") or []
-            if not isinstance(pos, list) or not isinstance(neg, list):
-                raise DataError("expected a list of candidate ids", path=str(path), line=lineno, field="pos_cand_list")
-            task = obj.get("task_id")
-            if task is not None and (not isinstance(task, int) or not 0 <= task <= 8):
-                raise DataError(f"task_id must be an integer 0..8, got {task!r}", path=str(path), line=lineno,
-                                field="task_id")
-            src = obj.get("query_src_content")
-            out.append(Query(qid, modality, txt, img, [str(p) for p in pos], [str(n) for n in neg], task,
-                             src if isinstance(src, str) or src is None else dumps(src)))
-            seen[qid] = lineno
+            rid = obj.get(id_field)
+            if not isinstance(rid, (str, int)) or str(rid) == "":
+                raise DataError(f"missing {kind} id", path=str(path), line=lineno, field=id_field)
+            rid = str(rid)
+            if rid in seen:
+                raise DataError(f"duplicate {kind} id {rid!r} (first on line {seen[rid]})",
+                                path=str(path), line=lineno, field=id_field)
+            out.append(parse(obj, rid, path, lineno))
+            seen[rid] = lineno
         except DataError as exc:
-            problems.add(exc.reason, path=str(path), line=lineno, item=str(obj.get("qid")), field_name=exc.field)
+            problems.add(exc.reason, path=str(path), line=lineno, item=str(obj.get(id_field)), field_name=exc.field)
     return out
+
+
+def _parse_candidate(obj: dict, did: str, path: Path, lineno: int) -> Candidate:
+    txt = _opt_str(obj, "txt", path, lineno)
+    img = _opt_str(obj, "img_path", path, lineno)
+    if txt is None and img is None:
+        raise DataError("a candidate needs 'txt', 'img_path' or both", path=str(path), line=lineno)
+    modality = _record_modality(obj, "modality", txt is not None, img is not None, path, lineno)
+    return Candidate(did, modality, txt, img, _src(obj.get("src_content")))
+
+
+def _parse_query(obj: dict, qid: str, path: Path, lineno: int) -> Query:
+    txt = _opt_str(obj, "query_txt", path, lineno)
+    img = _opt_str(obj, "query_img_path", path, lineno)
+    if txt is None and img is None:
+        raise DataError("a query needs 'query_txt', 'query_img_path' or both", path=str(path), line=lineno)
+    modality = _record_modality(obj, "query_modality", txt is not None, img is not None, path, lineno)
+    pos, neg = obj.get("pos_cand_list") or [], obj.get("neg_cand_list") or []
+    if not isinstance(pos, list) or not isinstance(neg, list):
+        raise DataError("expected a list of candidate ids", path=str(path), line=lineno, field="pos_cand_list")
+    task = obj.get("task_id")
+    if task is not None and (not isinstance(task, int) or not 0 <= task <= 8):
+        raise DataError(f"task_id must be an integer 0..8, got {task!r}", path=str(path), line=lineno,
+                        field="task_id")
+    return Query(qid, modality, txt, img, [str(p) for p in pos], [str(n) for n in neg], task,
+                 _src(obj.get("query_src_content")))
+
+
+def _src(value: Any) -> str | None:
+    """``src_content`` is a JSON-encoded string in M-BEIR; tolerate files that inline the object."""
+    return value if value is None or isinstance(value, str) else dumps(value)
 
 
 def write_jsonl(path: "str | os.PathLike", records: Iterable[Candidate | Query]) -> None:

@@ -23,7 +23,14 @@ from transformers import T5Config, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
 from ..errors import IndexFormatError, InvalidInputError
-from ..quantizer.checkpoint import load_tensors, load_tensors_strict, module_tensors, save_tensors, tensors_digest
+from ..quantizer.checkpoint import (
+    load_tensors,
+    load_tensors_strict,
+    module_tensors,
+    read_versioned_json,
+    save_tensors,
+    tensors_digest,
+)
 from .vocab import EOS, PAD, IDVocab
 
 FORMAT_VERSION = 1
@@ -196,13 +203,7 @@ class IDGenerator(nn.Module):
     @classmethod
     def load(cls, directory: str | Path, device: torch.device | str = "cpu") -> "IDGenerator":
         directory = Path(directory)
-        try:
-            meta = json.loads((directory / CONFIG_FILE).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise IndexFormatError(f"cannot read {directory / CONFIG_FILE}: {exc}") from None
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise IndexFormatError(f"{directory / CONFIG_FILE}: format version {meta.get('format_version')}, "
-                                   f"this unimir reads {FORMAT_VERSION}")
+        meta = read_versioned_json(directory / CONFIG_FILE, FORMAT_VERSION)
         model = cls(GeneratorConfig.from_dict(meta["config"]))
         tensors, _ = load_tensors(directory / WEIGHTS_FILE)
         load_tensors_strict(model, tensors, str(directory / WEIGHTS_FILE))

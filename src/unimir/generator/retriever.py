@@ -28,7 +28,7 @@ import torch
 from ..data.records import Modality, parse_modalities
 from ..encoders.base import Features
 from ..errors import IndexFormatError, InvalidInputError
-from ..quantizer.checkpoint import array_digest
+from ..quantizer.checkpoint import array_digest, read_versioned_json
 from ..quantizer.config import NUM_MODALITIES, QuantizerTrainConfig
 from ..quantizer.model import SemanticQuantizer
 from ..quantizer.pairs import TrainingPairs
@@ -296,13 +296,7 @@ class GenerativeRetriever:
     def load(cls, directory: str | Path, device: torch.device | str = "cpu") -> "GenerativeRetriever":
         """Load what ``save`` wrote; any mismatch with the manifest raises ``IndexFormatError``."""
         directory = Path(directory)
-        try:
-            manifest = json.loads((directory / MANIFEST).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise IndexFormatError(f"cannot read {directory / MANIFEST}: {exc}") from None
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise IndexFormatError(f"{directory / MANIFEST}: format version {manifest.get('format_version')}, "
-                                   f"this unimir reads {FORMAT_VERSION}")
+        manifest = read_versioned_json(directory / MANIFEST, FORMAT_VERSION)
         quantizer = SemanticQuantizer.load(directory, device)
         if quantizer.digest() != manifest["quantizer"]["digest"]:
             raise IndexFormatError(f"{directory}: quantizer weights differ from the manifest (stale index)")

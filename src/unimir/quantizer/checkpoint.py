@@ -22,6 +22,17 @@ from ..errors import IndexFormatError
 _META_KEY = "unimir"
 
 
+def read_versioned_json(path: Path, version: int) -> dict[str, Any]:
+    """A JSON metadata file of ours, refused with IndexFormatError when unreadable or of another format version."""
+    try:
+        meta = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise IndexFormatError(f"cannot read {path}: {exc}") from None
+    if meta.get("format_version") != version:
+        raise IndexFormatError(f"{path}: format version {meta.get('format_version')}, this unimir reads {version}")
+    return meta
+
+
 def module_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict with tied aliases dropped (first name per storage wins), contiguous on CPU."""
     out: dict[str, torch.Tensor] = {}

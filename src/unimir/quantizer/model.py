@@ -11,7 +11,14 @@ from torch import nn
 
 from ..encoders.base import Features
 from ..errors import IndexFormatError, InvalidInputError
-from .checkpoint import load_tensors, load_tensors_strict, module_tensors, save_tensors, tensors_digest
+from .checkpoint import (
+    load_tensors,
+    load_tensors_strict,
+    module_tensors,
+    read_versioned_json,
+    save_tensors,
+    tensors_digest,
+)
 from .combiner import Combiner, FeatureTensors
 from .config import NUM_MODALITIES, QuantizerConfig, QuantizerTrainConfig
 from .pairs import TrainingPairs
@@ -148,13 +155,7 @@ class SemanticQuantizer:
     @classmethod
     def load(cls, directory: str | Path, device: torch.device | str = "cpu") -> "SemanticQuantizer":
         directory = Path(directory)
-        try:
-            meta = json.loads((directory / CONFIG_FILE).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise IndexFormatError(f"cannot read {directory / CONFIG_FILE}: {exc}") from None
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise IndexFormatError(f"{directory / CONFIG_FILE}: format version {meta.get('format_version')}, "
-                                   f"this unimir reads {FORMAT_VERSION}")
+        meta = read_versioned_json(directory / CONFIG_FILE, FORMAT_VERSION)
         quantizer = cls(QuantizerConfig.from_dict(meta["config"]))
         tensors, _ = load_tensors(directory / WEIGHTS_FILE)
         load_tensors_strict(quantizer.net, tensors, str(directory / WEIGHTS_FILE))
