@@ -81,6 +81,7 @@ class Item:
     text: str | None = None
     image: "str | os.PathLike | bytes | Image.Image | None" = None
     name: str | None = None  # shown in error messages (a did, a qid, a file name)
+    image_digest: str | None = None  # sha1 of the image bytes when the caller already has it (cache key)
 
     @property
     def has_text(self) -> bool:
@@ -174,7 +175,9 @@ class Encoder(ABC):
         keys: list[str | None] = []
         for it in items:  # digest first (cheap), so cached images are never decoded
             try:
-                if isinstance(it.image, (bytes, bytearray)):
+                if it.image_digest is not None:
+                    keys.append(it.image_digest)
+                elif isinstance(it.image, (bytes, bytearray)):
                     keys.append(bytes_digest(bytes(it.image)))
                 elif isinstance(it.image, (str, os.PathLike)):
                     keys.append(file_digest(it.image))

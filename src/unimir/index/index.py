@@ -212,7 +212,8 @@ class Index:
 
         Image paths resolve against ``root`` (default: the index's data root). Items with a duplicate id or a
         bad image are skipped and recorded in ``problems`` (or raise, when it is strict or not given).
-        The index is re-saved atomically when it has a directory and ``save`` is true.
+        The index is re-saved atomically when it has a directory and ``save`` is true; if that save fails, the
+        directory keeps the previous index and the new items stay in memory only (call ``save()`` again).
         """
         problems = problems if problems is not None else Problems(strict=True)
         with self._write_lock:
@@ -231,7 +232,9 @@ class Index:
                 fresh.append(c)
             if not fresh:
                 return 0
-            items = [Item(c.txt, self.image_path(c) if c.img_path else None, name=c.did) for c in fresh]
+            digests = [_digest_or_none(self.image_path(c)) if c.img_path else None for c in fresh]
+            items = [Item(c.txt, self.image_path(c) if c.img_path else None, name=c.did, image_digest=d)
+                     for c, d in zip(fresh, digests)]
             enc_cache = EmbeddingCache() if cache else None
             try:
                 feats, ok = self.encoder.encode(items, "candidate", batch_size=batch_size, progress=progress,
@@ -242,8 +245,7 @@ class Index:
             kept = [c for c, good in zip(fresh, ok) if good]
             if not kept:
                 return 0
-            digests = [file_digest(self.image_path(c)) if c.img_path else None for c in kept]
-            self._append(kept, feats, digests)
+            self._append(kept, feats, [d for d, good in zip(digests, ok) if good])
             if save and self.path is not None:
                 self.save()
             return len(kept)
@@ -376,6 +378,13 @@ class Index:
             wanted = format_text(text)
             rows.update(i for i, c in enumerate(self.candidates) if c.txt == wanted and not c.img_path)
         return rows
+
+
+def _digest_or_none(path: Path) -> str | None:
+    try:
+        return file_digest(path)
+    except OSError:
+        return None  # missing or unreadable: the encoder reports it for this item
 
 
 def _save_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
