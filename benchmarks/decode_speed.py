@@ -66,7 +66,7 @@ def run(quick: bool = False, threads: int | None = None) -> list[dict]:
         rows.append({"beams": beams, "pool_ids": trie.num_ids, "batch": n_queries, "fast_qps": n_queries / fast_s,
                      "reference_qps": n_queries / ref_s, "speedup": ref_s / fast_s,
                      "same_ids": bool(np.array_equal(fast.ids, ref.ids)), "threads": torch.get_num_threads(),
-                     "device": "cpu"})
+                     "device": "cpu", "repeats": repeats, "reference_repeats": max(1, repeats // 2)})
     return rows
 
 

@@ -61,16 +61,18 @@ def run(quick: bool = False, threads: int | None = None) -> list[dict]:
             paths = _images(n_img, Path(tmp), size)
             for bs in (4, 8, 16):
                 rate = _rate(lambda: enc.encode([Item(None, p) for p in paths], batch_size=bs), n_img, repeats)
-                rows.append({"what": f"images {size}px PNG, end to end", "batch": bs, "per_s": rate})
+                rows.append({"what": f"images {size}px PNG, end to end", "batch": bs, "per_s": rate, "items": n_img})
         pil = [Image.open(io.BytesIO(Path(p).read_bytes())).convert("RGB") for p in _images(32, Path(tmp), 224)]
-        rows.append({"what": "images, network + bridge only", "batch": 8,
+        rows.append({"what": "images, network + bridge only", "batch": 8, "items": 32,
                      "per_s": _rate(lambda: [enc.embed_images(pil[i:i + 8]) for i in range(0, 32, 8)], 32, repeats)})
     texts = [CAPTIONS[i % len(CAPTIONS)] + f" number {i}" for i in range(n_txt)]
     for bs in (32, 64, 128):
-        rows.append({"what": "texts, short captions", "batch": bs,
+        rows.append({"what": "texts, short captions", "batch": bs, "items": n_txt,
                      "per_s": _rate(lambda: enc.encode([Item(t) for t in texts], batch_size=bs), n_txt, repeats)})
-    rows.append({"what": "single text query", "batch": 1,
+    rows.append({"what": "single text query", "batch": 1, "items": 50,
                  "per_s": _rate(lambda: [enc.encode([Item(t)], "query") for t in texts[:50]], 50, repeats)})
+    for row in rows:
+        row["repeats"] = repeats
     return rows
 
 
