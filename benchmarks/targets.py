@@ -40,6 +40,14 @@ def targets(results: dict) -> list[dict]:
     for mode, target in (("generative-rerank", 0.9), ("generative", 0.75)):
         value = summary.get(mode, {}).get("ratio_of_means")
         rows.append(_row(f"{mode} R@5 / dense R@5 (demo corpus, mean of tasks)", value, target, "x"))
+    scaling = results.get("scaling")
+    sizes = sorted(scaling["sizes"], key=lambda x: x["size"]) if _ok(scaling) else []
+    if len(sizes) >= 2:
+        small, large = sizes[0], sizes[-1]
+        p50 = lambda entry: entry["modes"]["generative"]["single"]["p50_ms"]  # noqa: E731
+        rows.append(_row(f"generative p50 latency at {large['size']:,} / at {small['size']:,} candidates",
+                         p50(large) / p50(small), 1.3, "x", higher=False,
+                         detail=f"{p50(small):.2f} ms -> {p50(large):.2f} ms, batch 1, encoding excluded"))
     dec = results.get("decoding")
     at50 = [r for r in dec["rows"] if r["beams"] == 50] if _ok(dec) else []
     rows.append(_row("constrained beam search speed-up over reference, 50 beams",

@@ -215,7 +215,7 @@ class GenerativeRetriever:
         starts, ends = trie.bucket_offsets[leaves], trie.bucket_offsets[leaves + 1]
         if mode == "generative-rerank":
             rows = trie.bucket_items[_concat_ranges(starts, ends)][:cap]
-            return _cut(Ranking.from_scores(rows, cand_fused[rows] @ qf), k)
+            return _cut(Ranking.from_scores(rows, _cosines(cand_fused, rows, qf)), k)
         # plain GENIUS: only the buckets up to the one that reaches k are needed
         n_buckets = int(np.searchsorted(np.cumsum(ends - starts), k)) + 1
         starts, ends, beam_scores = starts[:n_buckets], ends[:n_buckets], beam_scores[:n_buckets]
@@ -223,7 +223,7 @@ class GenerativeRetriever:
         beam = np.repeat(np.arange(len(starts)), ends - starts)
         if cand_fused is None:
             return Ranking(rows, beam_scores[beam].astype(np.float32), beam.astype(np.int64))
-        order = np.lexsort((-(cand_fused[rows] @ qf), beam))
+        order = np.lexsort((-(_cosines(cand_fused, rows, qf)), beam))
         rows, beam = rows[order][:k], beam[order][:k]
         return Ranking(rows, beam_scores[beam].astype(np.float32), np.arange(len(rows), dtype=np.int64))
 
@@ -248,7 +248,7 @@ class GenerativeRetriever:
             if qf is None:
                 scores = np.full(len(rows), float(length), np.float32)
             else:
-                scores = (length + 0.999 * (1.0 + cand_fused[rows] @ qf) / 2.0).astype(np.float32)
+                scores = (length + 0.999 * (1.0 + _cosines(cand_fused, rows, qf)) / 2.0).astype(np.float32)
             rows_out.append(rows)
             scores_out.append(scores)
             groups_out.append(len(rows))
@@ -358,6 +358,13 @@ def _concat_ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     lengths = ends - starts
     offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
     return np.arange(int(lengths.sum()), dtype=np.int64) + offsets
+
+
+def _cosines(cand_fused: np.ndarray, rows: np.ndarray, qf: np.ndarray) -> np.ndarray:
+    """cand_fused[rows] @ qf, computed by torch: a NumPy (OpenBLAS) product here leaves its own thread pool spinning
+    against torch's on the next beam search, which made generative-rerank about 2x slower on 2 cores."""
+    query = torch.from_numpy(np.ascontiguousarray(qf, cand_fused.dtype))
+    return torch.from_numpy(cand_fused[rows]).matmul(query).numpy()
 
 
 def _cut(ranking: Ranking, k: int) -> Ranking:
