@@ -12,7 +12,7 @@ training loss). This equals the paper's full-vocabulary softmax once trained, bu
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from ..quantizer.checkpoint import (
     save_tensors,
     tensors_digest,
 )
+from ..quantizer.config import config_from_dict
 from .vocab import EOS, PAD, IDVocab
 
 FORMAT_VERSION = 1
@@ -74,10 +75,7 @@ class GeneratorConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GeneratorConfig":
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise InvalidInputError(f"unknown GeneratorConfig keys: {unknown}")
-        return cls(**data)
+        return config_from_dict(cls, data)
 
 
 class LevelMaskedT5(T5ForConditionalGeneration):

@@ -8,7 +8,7 @@ exactly as the uninterrupted one would have.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
 from ..quantizer.checkpoint import load_training_state, save_training_state
+from ..quantizer.config import config_from_dict
 from ..quantizer.optim import adamw, warmup_cosine
 from .model import IDGenerator
 
@@ -50,10 +51,7 @@ class GeneratorTrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GeneratorTrainConfig":
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise InvalidInputError(f"unknown GeneratorTrainConfig keys: {unknown}")
-        return cls(**{**data, "betas": tuple(data.get("betas", cls.betas))})
+        return config_from_dict(cls, {**data, "betas": tuple(data.get("betas", cls.betas))})
 
 
 @dataclass

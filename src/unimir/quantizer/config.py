@@ -68,7 +68,7 @@ class QuantizerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "QuantizerConfig":
-        return _from_dict(cls, data)
+        return config_from_dict(cls, data)
 
 
 @dataclass(frozen=True)
@@ -101,10 +101,11 @@ class QuantizerTrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "QuantizerTrainConfig":
-        return _from_dict(cls, data)
+        return config_from_dict(cls, data)
 
 
-def _from_dict(cls, data: dict[str, Any]):
+def config_from_dict(cls, data: dict[str, Any]):
+    """Build a config dataclass from a dict, refusing unknown keys (strict loading of saved configs)."""
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
