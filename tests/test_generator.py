@@ -116,6 +116,49 @@ def test_level_masked_forward_matches_training_loss(model):
     assert torch.allclose(full, model.loss(z, codes).loss, atol=1e-5)
 
 
+def plain_beam_search(model, z, codes, beams, first_codes=None):
+    """An obviously correct beam search written for the test: for every query, every live prefix is re-run
+    through the whole decoder (no cache), scored over its level's codes, extended only by codes that occur after
+    that prefix in ``codes`` (a Python set), and the ``beams`` best complete prefixes are kept.
+
+    Returns, per query, a list of (id tuple, score) best first. Relies only on the model's decoder, prefix and
+    per-level output head, never on a transformers generation utility."""
+    pool = {tuple(row) for row in codes.tolist()}
+    results = []
+    with torch.no_grad():
+        for q in range(z.shape[0]):
+            prefix_states = model.encode(z[q:q + 1]).last_hidden_state
+            live = [((), 0.0)]
+            for level in range(model.vocab.code_length):
+                grown = []
+                for prefix, score in live:
+                    tokens = [PAD] + [model.vocab.token(lv, c) for lv, c in enumerate(prefix)]
+                    hidden = model.t5.decoder(input_ids=torch.tensor([tokens]), encoder_hidden_states=prefix_states,
+                                              use_cache=False).last_hidden_state[0, -1]
+                    log_probs = F.log_softmax(model.level_logits(hidden, level).float(), dim=-1)
+                    nexts = {row[level] for row in pool if row[:level] == prefix}
+                    if level == 0 and first_codes is not None and first_codes[q] >= 0:
+                        nexts &= {int(first_codes[q])}
+                    grown += [(prefix + (c,), score + float(log_probs[c])) for c in sorted(nexts)]
+                live = sorted(grown, key=lambda beam: -beam[1])[:beams]
+            results.append(live)
+    return results
+
+
+@pytest.mark.parametrize("n_ids,beams", [(200, 7), (4, 10), (60, 25)])
+def test_fast_beam_search_equals_plain_loop(model, n_ids, beams):
+    codes = random_codes(n_ids, n_ids)
+    trie = SemanticIDTrie(codes, (3,) + (K,) * L)
+    z = queries(3, beams)
+    wanted = np.array([-1, 1, 2])
+    fast = constrained_beam_search(model, z, trie, beams, first_codes=wanted)
+    for q, expected in enumerate(plain_beam_search(model, z, codes, beams, first_codes=wanted)):
+        valid = np.isfinite(fast.scores[q])
+        assert valid.sum() == len(expected)
+        assert [tuple(row) for row in fast.ids[q][valid].tolist()] == [ids for ids, _ in expected]
+        np.testing.assert_allclose(fast.scores[q][valid], [score for _, score in expected], atol=1e-4)
+
+
 @pytest.mark.parametrize("n_ids,beams", [(200, 1), (200, 7), (200, 25), (4, 10), (1, 3)])
 def test_fast_beam_search_equals_reference(model, n_ids, beams):
     trie = SemanticIDTrie(random_codes(n_ids, n_ids), (3,) + (K,) * L)

@@ -11,6 +11,7 @@ training loss). This equals the paper's full-vocabulary softmax once trained, bu
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +36,10 @@ from ..quantizer.config import config_from_dict
 from .vocab import EOS, PAD, IDVocab
 
 FORMAT_VERSION = 1
+# transformers renamed T5's key/value-cache argument from ``past_key_values`` to ``cache`` (5.24); pass it on under
+# whichever name the installed release takes.
+_CACHE_ARG = "cache" if "cache" in inspect.signature(T5ForConditionalGeneration.forward).parameters \
+    else "past_key_values"
 WEIGHTS_FILE = "generator.safetensors"
 CONFIG_FILE = "generator.json"
 
@@ -90,13 +95,16 @@ class LevelMaskedT5(T5ForConditionalGeneration):
         bias[vocab.code_length, EOS] = 0.0
         self.register_buffer("level_bias", bias, persistent=False)
 
-    # The explicit signature matters: generate() validates its kwargs against it.
-    def forward(self, decoder_input_ids=None, encoder_outputs=None, past_key_values=None, use_cache=None, **kwargs):
+    # The explicit signature matters: generate() validates its kwargs against it. It names both spellings of the
+    # cache, since a step's level (hence its mask) is the number of positions already cached.
+    def forward(self, decoder_input_ids=None, encoder_outputs=None, past_key_values=None, cache=None, use_cache=None,
+                **kwargs):
         if kwargs.get("labels") is not None:
             raise InvalidInputError("LevelMaskedT5 computes no loss; use IDGenerator.loss")
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        cache = cache if cache is not None else past_key_values
+        past = cache.get_seq_length() if cache is not None else 0
         out = super().forward(decoder_input_ids=decoder_input_ids, encoder_outputs=encoder_outputs,
-                              past_key_values=past_key_values, use_cache=use_cache, **kwargs)
+                              use_cache=use_cache, **{_CACHE_ARG: cache}, **kwargs)
         steps = torch.arange(out.logits.shape[1], device=out.logits.device) + past
         out.logits = out.logits + self.level_bias[steps.clamp_max(self.level_bias.shape[0] - 1)].to(out.logits.dtype)
         return out
