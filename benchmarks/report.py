@@ -406,8 +406,24 @@ def run_times(r: dict) -> str:
                                   [False, True, True])
 
 
+def further_reports(doc_dir: Path) -> str:
+    """Links to the reports that focused benchmark scripts write under ``docs/bench/`` (one file each), so that a
+    full ``make bench`` run keeps pointing at them."""
+    reports = sorted((doc_dir / "bench").glob("*.md"))
+    if not reports:
+        return ""
+    lines = ["## Further reports", "",
+             "Written by the focused scripts under `benchmarks/`, each in its own run (the file says how):", ""]
+    for path in reports:
+        title = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")),
+                     path.stem)
+        lines.append(f"- [{title}]({path.relative_to(doc_dir).as_posix()})")
+    return "\n".join(lines)
+
+
 def render(r: dict, img_dir: Path, doc_dir: Path) -> str:
     ctx = Context(img_dir, doc_dir)
     parts = [header(r), machine(r), targets(r), scaling(r, ctx), quality(r, ctx), encoding(r), footprint(r),
-             decoding(r, ctx), server(r), run_times(r)]
+             decoding(r, ctx), server(r), run_times(r), further_reports(doc_dir)]
+    parts = [p for p in parts if p]
     return "\n\n".join(parts) + "\n"
