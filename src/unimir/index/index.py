@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -12,18 +13,20 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.numpy import load_file
 
+from .. import atomic, dirlock
 from ..data.images import bytes_digest, file_digest, open_image
 from ..data.ingest import load_pool
 from ..data.mbeir import format_text, query_text
 from ..data.problems import Problems
 from ..data.records import Candidate, Modality, parse_modalities
 from ..encoders import EmbeddingCache, Encoder, Features, Item, load_encoder
-from ..errors import IndexFormatError, InvalidInputError, NotFoundError
+from ..errors import IndexFormatError, InvalidInputError, NotFoundError, UnimirError
 from ..ranking import Ranking
 from .dense import DenseIndex, DenseSpec
-from .store import Manifest, atomic_write_bytes, commit_manifest, generation_name, now
+from .store import REBUILD, Manifest, checksums, commit_manifest, generation_name, now, previous_manifest
 
 MODES = ("dense", "generative", "generative-rerank", "quantize")
 MAX_K = 1000
@@ -63,20 +66,41 @@ class Index:
 
     Attributes: ``candidates`` (list[Candidate], row order), ``features`` (:class:`Features`, parts float32
     [N, d]), ``fused`` (float32 [N, d] score-fusion vectors), ``modality_codes`` (int8 [N]).
+
+    Writers. Several processes may write one index directory (``unimir add``, a server's POST /items, ``unimir
+    train``). Every save holds the directory's lock (:mod:`unimir.dirlock`) and first re-reads the newest
+    generation: when another writer committed one since this object was loaded, its own unsaved items (and a
+    retrained generative model) are merged onto that generation instead of overwriting it.
     """
 
     def __init__(self, manifest: Manifest, candidates: list[Candidate], features: Features,
                  image_digests: list[str | None], dense: DenseIndex, *, path: Path | None = None,
                  root: Path | None = None, generative=None, encoder: Encoder | None = None):
         self.manifest, self.candidates, self.features = manifest, candidates, features
-        self.image_digests, self.dense, self.generative = image_digests, dense, generative
+        self.image_digests, self.dense, self._generative = image_digests, dense, generative
         self.path = Path(path) if path else None
         self.root = Path(root) if root else (Path(manifest.root) if manifest.root else None)
         self.fused = features.fused(manifest.fusion_weights)
         self.modality_codes = np.asarray([c.modality.code for c in candidates], dtype=np.int8)
         self.row_of = {c.did: i for i, c in enumerate(candidates)}
         self._encoder = encoder
-        self._write_lock = threading.Lock()  # writes are serialised; searches read immutable snapshots
+        self._write_lock = threading.RLock()  # writes are serialised; searches read immutable snapshots
+        # What this object last read from or wrote to its directory: rows past _base_rows are not saved yet.
+        self._base_generation: int | None = manifest.generation if path else None
+        self._base_rows = len(candidates) if path else 0
+        self._generative_changed = False  # a retrained model replaces the directory's on the next save
+        self._load_generative = True
+        self._root_override = Path(root) if root else None
+
+    @property
+    def generative(self):
+        """The generative retriever (quantizer, semantic IDs and ID generator), or None before ``unimir train``."""
+        return self._generative
+
+    @generative.setter
+    def generative(self, retriever) -> None:
+        self._generative = retriever
+        self._generative_changed = True
 
     # --- construction --------------------------------------------------------------------------------------
     @classmethod
@@ -90,6 +114,8 @@ class Index:
         pass ``Problems(strict=True)`` to fail on the first one. Saved atomically to ``out`` when given.
         """
         problems = problems if problems is not None else Problems()
+        if out is not None:
+            previous_manifest(Path(out))  # refuse a folder that is not an index before any encoding work
         if isinstance(source, (str, Path)):
             candidates, root_path = load_pool(source, root, problems)
         else:
@@ -111,75 +137,175 @@ class Index:
     def load(cls, path: "str | Path", *, root: "str | Path | None" = None, encoder: Encoder | None = None,
              generative: bool = True) -> "Index":
         """Load an index directory. ``root`` overrides the data root recorded at build time (a moved dataset);
-        ``generative=False`` skips the generative model (to retrain it from scratch)."""
+        ``generative=False`` skips the generative model (to retrain it from scratch).
+
+        Damaged or inconsistent files raise :class:`IndexFormatError`, never a raw parser error."""
         path = Path(path)
-        m = Manifest.read(path)
+        for attempt in range(3):
+            m = Manifest.read(path)
+            try:
+                return cls._load_generation(path, m, root=root, encoder=encoder, generative=generative)
+            except IndexFormatError:
+                # a writer may have committed a newer generation and deleted this one while it was being read
+                if attempt == 2 or not _generation_changed(path, m):
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _load_generation(cls, path: Path, m: Manifest, *, root, encoder, generative: bool) -> "Index":
         try:
             with open(path / m.files["candidates"], encoding="utf-8") as f:
                 rows = [json.loads(line) for line in f if line.strip()]
             arrays = load_file(str(path / m.files["features"]))
             blobs = load_file(str(path / m.files["dense"]))
-        except (KeyError, OSError, ValueError) as exc:
-            raise IndexFormatError(f"{path}: index files are missing or unreadable ({exc}); "
-                                   "rebuild the index") from None
-        candidates = [Candidate(r["did"], Modality.parse(r["modality"]), r.get("txt"), r.get("img_path"),
-                                r.get("src_content")) for r in rows]
-        features = Features(arrays["image"].astype(np.float32), arrays["text"].astype(np.float32),
-                            arrays["image_mask"].astype(bool), arrays["text_mask"].astype(bool))
-        if len(candidates) != m.num_items or len(features) != m.num_items:
-            raise IndexFormatError(f"{path}: manifest says {m.num_items} items but found {len(candidates)} records "
-                                   f"and {len(features)} feature rows; rebuild the index")
+            candidates = [Candidate(r["did"], Modality.parse(r["modality"]), r.get("txt"), r.get("img_path"),
+                                    r.get("src_content")) for r in rows]
+            features = Features(arrays["image"].astype(np.float32), arrays["text"].astype(np.float32),
+                                arrays["image_mask"].astype(bool), arrays["text_mask"].astype(bool))
+        except (KeyError, OSError, ValueError, TypeError, AttributeError, SafetensorError) as exc:
+            raise IndexFormatError(f"{path}: index files are missing or unreadable ({_short(exc)}); "
+                                   f"{REBUILD}") from None
+        n = m.num_items
+        if len(candidates) != n or len(features) != n:
+            raise IndexFormatError(f"{path}: manifest says {n} items but found {len(candidates)} records "
+                                   f"and {len(features)} feature rows; {REBUILD}")
+        shapes = [a.shape for a in (features.image, features.text)] + [features.image_mask.shape,
+                                                                      features.text_mask.shape]
+        if shapes != [(n, m.dim), (n, m.dim), (n,), (n,)]:
+            raise IndexFormatError(f"{path}: feature arrays have shapes {shapes}, but the manifest says {n} items of "
+                                   f"dimension {m.dim}; {REBUILD}")
         codes = np.asarray([c.modality.code for c in candidates], dtype=np.int8)
-        dense = DenseIndex.deserialize(m.dim, DenseSpec.parse(m.index_spec),
-                                       {int(k.rsplit("_", 1)[1]): v for k, v in blobs.items()}, codes)
+        try:
+            dense = DenseIndex.deserialize(m.dim, DenseSpec.parse(m.index_spec),
+                                           {int(k.rsplit("_", 1)[1]): v for k, v in blobs.items()}, codes)
+        except (ValueError, RuntimeError, IndexError, TypeError, UnimirError) as exc:  # FAISS raises RuntimeError
+            raise IndexFormatError(f"{path / m.files['dense']}: the FAISS index is corrupt or does not match the "
+                                   f"records ({_short(exc)}); {REBUILD}") from None
+        if len(dense) != n or any(p.d != m.dim for p in dense.parts.values()):
+            raise IndexFormatError(f"{path / m.files['dense']}: the FAISS index holds {len(dense)} vectors of "
+                                   f"dimension {sorted({p.d for p in dense.parts.values()})}, the manifest says {n} "
+                                   f"of dimension {m.dim}; {REBUILD}")
         index = cls(m, candidates, features, [r.get("image_sha1") for r in rows], dense, path=path,
                     root=Path(root) if root else None, encoder=encoder)
+        index._load_generative = generative
         if generative and m.files.get("generative"):
             from ..generator import GenerativeRetriever
 
-            retriever = GenerativeRetriever.load(path / m.files["generative"])
+            try:
+                retriever = GenerativeRetriever.load(path / m.files["generative"])
+            except (KeyError, OSError, ValueError, TypeError, RuntimeError, SafetensorError) as exc:
+                raise IndexFormatError(f"{path / m.files['generative']}: the generative model is unreadable "
+                                       f"({_short(exc)}); run 'unimir train' again") from None
             if retriever.extra != index._pool_identity():  # never search with codes of another pool or encoder
                 raise IndexFormatError(f"{path}: the generative model was trained for another pool or encoder "
                                        "than this index holds; run 'unimir train' again")
-            index.generative = retriever
+            index._generative = retriever
         return index
 
     # --- persistence ---------------------------------------------------------------------------------------
+    def writer_lock(self) -> "contextlib.AbstractContextManager[None]":
+        """The inter-process lock of this index's directory (re-entrant; a no-op for an unsaved index).
+
+        Hold it around a check-then-add that must not interleave with another writer (the server does)."""
+        return dirlock.locked(self.path) if self.path is not None else contextlib.nullcontext()
+
     def save(self, path: "str | Path | None" = None) -> Path:
-        """Write a new generation of files and switch the manifest to it atomically."""
+        """Write a new generation of files and switch the manifest to it atomically.
+
+        Saving to the directory this index came from merges: under the directory lock, a newer generation that
+        another writer committed meanwhile is read first and this object's unsaved items are appended to it (an
+        id that the other writer added too keeps the other writer's item). Saving anywhere else replaces what is
+        there, if it is a unimir index; any other non-empty folder is refused."""
         path = Path(path) if path is not None else self.path
         if path is None:
             raise InvalidInputError("no index directory given to save to")
-        path.mkdir(parents=True, exist_ok=True)
-        previous = Manifest.read(path).generation if (path / "manifest.json").exists() else 0
-        m = self.manifest
-        m.generation = max(m.generation, previous) + 1
-        files = {"candidates": generation_name("candidates", m.generation, ".jsonl"),
-                 "features": generation_name("features", m.generation, ".safetensors"),
-                 "dense": generation_name("dense", m.generation, ".safetensors")}
+        previous_manifest(path)  # refuse a foreign folder before creating the lock file in it
+        with dirlock.locked(path), self._write_lock:  # always this order: the folder lock, then the object's
+            previous = previous_manifest(path)
+            if self._is_stale(path, previous):
+                self._rebase(path, previous)
+            self._write_generation(path, previous)
+        return path
+
+    def refresh(self) -> bool:
+        """Catch up with the directory: if another writer committed a newer generation, adopt it (unsaved items
+        of this object are kept and appended). Returns whether anything was re-read."""
+        if self.path is None:
+            return False
+        with self._write_lock:
+            try:
+                latest = Manifest.read(self.path)
+            except NotFoundError:
+                return False
+            if latest.generation == self._base_generation:
+                return False
+            self._rebase(self.path, latest)
+            return True
+
+    def _is_stale(self, path: Path, on_disk: Manifest | None) -> bool:
+        return (on_disk is not None and self.path is not None and _same_dir(path, self.path)
+                and on_disk.generation != self._base_generation)
+
+    def _rebase(self, path: Path, on_disk: Manifest) -> list[str]:
+        """Adopt the generation ``on_disk`` and re-append this object's unsaved rows (and keep a retrained model).
+        Returns the ids of unsaved rows dropped because the directory already holds them."""
+        start = self._base_rows
+        own_cands, own_feats = self.candidates[start:], self.features[start:]
+        own_digests = self.image_digests[start:]
+        retrained = self._generative if self._generative_changed else None
+        latest = Index._load_generation(path, on_disk, root=self._root_override, encoder=self._encoder,
+                                        generative=retrained is None and self._load_generative)
+        m = latest.manifest
+        if m.encoder != self.manifest.encoder or m.dim != self.manifest.dim:
+            raise IndexFormatError(f"{path} was rebuilt with encoder {m.encoder!r} ({m.dim}-d) after this process "
+                                   f"loaded it with {self.manifest.encoder!r} ({self.manifest.dim}-d); its vectors "
+                                   "cannot be merged: load the index again and repeat the change")
+        for name in ("manifest", "candidates", "features", "fused", "modality_codes", "image_digests", "row_of",
+                     "dense", "_generative"):
+            setattr(self, name, getattr(latest, name))
+        self._base_generation, self._base_rows = on_disk.generation, len(latest.candidates)
+        keep = [i for i, c in enumerate(own_cands) if c.did not in self.row_of]
+        if retrained is not None:
+            self._generative = None  # its codes are recomputed below for the merged rows
+        if keep:
+            self._append([own_cands[i] for i in keep], own_feats[np.asarray(keep)], [own_digests[i] for i in keep])
+        if retrained is not None:
+            retrained.index(self.features, self.modality_codes)
+            self._generative = retrained
+        return [c.did for i, c in enumerate(own_cands) if i not in set(keep)]
+
+    def _write_generation(self, path: Path, previous: Manifest | None) -> None:
+        """Write this object's state as the generation after ``previous`` and commit it (directory lock held)."""
+        gen = (previous.generation if previous is not None else 0) + 1
+        m = dataclasses.replace(self.manifest, generation=gen)
+        files = {"candidates": generation_name("candidates", gen, ".jsonl"),
+                 "features": generation_name("features", gen, ".safetensors"),
+                 "dense": generation_name("dense", gen, ".safetensors")}
         lines = []
         for c, digest in zip(self.candidates, self.image_digests):
             rec = c.to_json()
             if digest:
                 rec["image_sha1"] = digest
             lines.append(json.dumps(rec, ensure_ascii=False))
-        atomic_write_bytes(path / files["candidates"], ("\n".join(lines) + "\n").encode())
+        atomic.write_text(path / files["candidates"], "\n".join(lines) + "\n")
         f = self.features
-        _save_safetensors(path / files["features"], {
+        atomic.write_safetensors(path / files["features"], {
             "image": f.image.astype(np.float16), "text": f.text.astype(np.float16),
             "image_mask": f.image_mask.astype(np.uint8), "text_mask": f.text_mask.astype(np.uint8)})
-        _save_safetensors(path / files["dense"], {f"modality_{c}": b for c, b in self.dense.serialize().items()})
-        if self.generative is not None:
-            files["generative"] = generation_name("generative", m.generation)
-            self.generative.save(path / files["generative"], extra=self._pool_identity())
-            m.generative = {"quantizer": self.generative.quantizer.config.spec,
-                            "generator": self.generative.generator is not None,
-                            "collisions": self.generative.stats.to_dict()}
+        atomic.write_safetensors(path / files["dense"],
+                                 {f"modality_{c}": b for c, b in self.dense.serialize().items()})
+        if self._generative is not None:
+            files["generative"] = generation_name("generative", gen)
+            self._generative.save(path / files["generative"], extra=self._pool_identity())
+            m.generative = {"quantizer": self._generative.quantizer.config.spec,
+                            "generator": self._generative.generator is not None,
+                            "collisions": self._generative.stats.to_dict()}
         m.files, m.num_items = files, len(self.candidates)
         m.modality_counts = {mod.value: int((self.modality_codes == mod.code).sum()) for mod in Modality}
-        commit_manifest(path, m)
-        self.path = path
-        return path
+        m.checksums = checksums(path, files.values())
+        commit_manifest(path, m, previous)
+        self.manifest, self.path = m, path
+        self._base_generation, self._base_rows, self._generative_changed = gen, len(self.candidates), False
 
     def _pool_identity(self) -> dict[str, Any]:
         """What the generative model's codes belong to: the encoder and the exact list of candidate ids."""
@@ -212,11 +338,13 @@ class Index:
 
         Image paths resolve against ``root`` (default: the index's data root). Items with a duplicate id or a
         bad image are skipped and recorded in ``problems`` (or raise, when it is strict or not given).
-        The index is re-saved atomically when it has a directory and ``save`` is true; if that save fails, the
-        directory keeps the previous index and the new items stay in memory only (call ``save()`` again).
+        When the index has a directory and ``save`` is true, the items are appended to the directory's newest
+        generation under its lock (items another writer added meanwhile are kept) and saved. If that save fails,
+        this object is reset to what the directory holds and the error is raised: memory never silently holds
+        items the directory lacks.
         """
         problems = problems if problems is not None else Problems(strict=True)
-        with self._write_lock:
+        with self._write_lock:  # encoding happens outside the folder lock, so other writers are not held up
             root_path = Path(root).resolve() if root else self.root
             fresh, seen = [], set(self.row_of)
             for c in candidates:
@@ -243,12 +371,39 @@ class Index:
                 if enc_cache:
                     enc_cache.close()
             kept = [c for c, good in zip(fresh, ok) if good]
-            if not kept:
+            kept_digests = [d for d, good in zip(digests, ok) if good]
+        if not kept:
+            return 0
+        saving = save and self.path is not None
+        with self.writer_lock() if saving else contextlib.nullcontext(), self._write_lock:
+            previous = previous_manifest(self.path) if saving else None
+            if saving and self._is_stale(self.path, previous):
+                self._rebase(self.path, previous)
+            rows = []
+            for i, c in enumerate(kept):
+                if c.did in self.row_of:  # added by another writer (or thread) while this batch was encoded
+                    problems.add(f"duplicate candidate id {c.did!r} (added meanwhile)", item=c.did)
+                else:
+                    rows.append(i)
+            if not rows:
                 return 0
-            self._append(kept, feats, [d for d, good in zip(digests, ok) if good])
-            if save and self.path is not None:
-                self.save()
-            return len(kept)
+            self._append([kept[i] for i in rows], feats[np.asarray(rows)], [kept_digests[i] for i in rows])
+            if saving:
+                try:
+                    self._write_generation(self.path, previous)
+                except BaseException:
+                    self._reset_to_directory()
+                    raise
+            return len(rows)
+
+    def _reset_to_directory(self) -> None:
+        """After a failed save: drop the unsaved rows by re-reading the directory's current generation."""
+        try:
+            on_disk = Manifest.read(self.path)
+            self._base_rows, self._generative_changed = len(self.candidates), False  # nothing of ours to keep
+            self._rebase(self.path, on_disk)
+        except UnimirError:
+            pass  # the directory is unreadable too; the caller gets the original error
 
     def add_upload(self, *, text: str | None = None, image: bytes | None = None, did: str | None = None,
                    src_content: str | None = None) -> Candidate:
@@ -266,7 +421,7 @@ class Index:
             media.mkdir(exist_ok=True)
             target = media / f"{digest}{suffix}"
             if not target.exists():
-                atomic_write_bytes(target, image)
+                atomic.write_bytes(target, image)
             img_path = f"{INDEX_MEDIA}media/{target.name}"
         did = did or f"u:{bytes_digest((text or '').encode() + (image or b''))[:12]}"
         cand = Candidate(did, Modality.of(bool(text and text.strip()), bool(image)), text, img_path, src_content)
@@ -387,9 +542,20 @@ def _digest_or_none(path: Path) -> str | None:
         return None  # missing or unreadable: the encoder reports it for this item
 
 
-def _save_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    tmp.replace(path)
+def _generation_changed(path: Path, seen: Manifest) -> bool:
+    try:
+        return Manifest.read(path).generation != seen.generation
+    except UnimirError:
+        return False
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return a == b
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = f"{exc.__class__.__name__}: {exc}"
+    return text if len(text) <= limit else text[:limit] + "..."
