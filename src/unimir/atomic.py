@@ -23,26 +23,22 @@ from typing import Any, Iterator, Mapping
 
 TEMP_SUFFIX = ".tmp"
 _umask_lock = threading.Lock()
-_umask: int | None = None
 
 
 def file_mode() -> int:
-    """The mode a newly created file gets from ``open()`` in this process: 0o666 less the umask."""
+    """The mode a newly created file gets from ``open()`` in this process now: 0o666 less the umask."""
     return 0o666 & ~_current_umask()
 
 
 def _current_umask() -> int:
-    global _umask
-    if _umask is None:
-        with _umask_lock:
-            try:  # Linux shows it without changing it; os.umask() can only be read by setting it
-                with open("/proc/self/status") as f:
-                    _umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-            except (OSError, StopIteration, ValueError, IndexError):
-                old = os.umask(0o022)
-                os.umask(old)
-                _umask = old
-    return _umask
+    try:  # Linux shows it without changing it
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        with _umask_lock:  # elsewhere it can only be read by setting it
+            old = os.umask(0o022)
+            os.umask(old)
+            return old
 
 
 @contextmanager
