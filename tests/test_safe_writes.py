@@ -302,3 +302,20 @@ def test_generative_files_are_written_atomically_and_readable(tmp_path):
         1 / 0
     assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.npy", "c.safetensors"]
+
+
+def test_training_saved_after_another_writer_keeps_both(text_index, tiny_encoder):
+    from unimir.quantizer import QuantizerTrainConfig
+    from unimir.quantizer.pairs import TrainingPairs
+    from unimir.training import train
+
+    trainer = Index.load(text_index.path, encoder=tiny_encoder, generative=False)
+    pairs = TrainingPairs(trainer.features, trainer.features, trainer.modality_codes.astype(np.int64),
+                          np.arange(len(trainer)))
+    train(trainer, pairs, stage="quantizer", quantizer="C16+M3+RQ2x4", quantizer_config=QuantizerTrainConfig(epochs=1),
+          save=False)
+    Index.load(text_index.path, encoder=tiny_encoder).add(texts(3, "meanwhile"))  # lands while training runs
+    trainer.save()
+    final = Index.load(text_index.path)  # loads the generative model, whose pool identity must match all 9 items
+    assert len(final) == 9 and {f"meanwhile:{i}" for i in range(3)} <= set(final.row_of)
+    assert final.generative is not None and len(final.generative) == 9 and "quantize" in final.modes
