@@ -137,3 +137,23 @@ def test_info_check_reports_a_missing_file_and_counts(good_index, tmp_path):
     _set_manifest(d, m)
     check = run_cli("info", "--check", d)
     assert check.returncode == 2 and "manifest says 35 items" in check.stderr
+
+
+def test_info_check_verifies_uploaded_images(tmp_path, tiny_encoder):
+    import io as _io
+
+    from PIL import Image
+
+    from unimir.data.records import Candidate, Modality
+    from unimir.index import Index
+
+    buf = _io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 200, 10)).save(buf, "PNG")
+
+    index = Index.build([Candidate("t", Modality.TEXT, "a text")], tmp_path / "idx", encoder=tiny_encoder)
+    index.add_upload(text="green", image=buf.getvalue(), did="up")
+    assert run_in_process("info", "--check", index.path)[0] == 0
+    media = next((index.path / "media").iterdir())
+    media.write_bytes(media.read_bytes()[:-8])
+    code, err = run_in_process("info", "--check", index.path)
+    assert code == 2 and "uploaded image of item 'up' differs" in err

@@ -36,6 +36,7 @@ def check_index(path: "str | Path") -> tuple[list[str], str]:
         index = Index.load(path)
     except UnimirError as exc:
         return [str(exc)], ""
+    problems += _media_problems(index)
     counts = {mod.value: int((index.modality_codes == mod.code).sum()) for mod in Modality}
     recorded = {k: v for k, v in m.modality_counts.items() if v}
     if recorded and recorded != {k: v for k, v in counts.items() if v}:
@@ -44,6 +45,23 @@ def check_index(path: "str | Path") -> tuple[list[str], str]:
                 "no digests recorded (saved by an older unimir): files present and loadable, contents not verified")
     return problems, (f"ok: {path}: generation {m.generation}, {m.num_items} items; {verified}; records, features, "
                       f"FAISS index{' and generative model' if index.generative is not None else ''} agree")
+
+
+def _media_problems(index) -> list[str]:
+    """Uploaded images live inside the index (``media/``); each must still have the bytes it was indexed with."""
+    from ..data.images import file_digest
+    from .index import INDEX_MEDIA
+
+    out = []
+    for cand, digest in zip(index.candidates, index.image_digests):
+        if not (cand.img_path or "").startswith(INDEX_MEDIA):
+            continue
+        f = index.image_path(cand)
+        if not f.is_file():
+            out.append(f"{f}: the uploaded image of item {cand.did!r} is missing")
+        elif digest and file_digest(f) != digest:
+            out.append(f"{f}: the uploaded image of item {cand.did!r} differs from the one indexed (corrupt)")
+    return out
 
 
 def _file_problems(path: Path, rel: str, want: object) -> list[str]:
