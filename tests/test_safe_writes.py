@@ -60,9 +60,9 @@ def test_index_refuses_a_foreign_folder_and_deletes_nothing(tmp_path, tiny_clip_
     assert proc.returncode == 2 and "not a unimir index" in proc.stderr
     assert [p.name for p in other.iterdir()] == ["manifest.json"]
     # a new folder and an empty one are fine
-    unimir("index", pool, "--out", tmp_path / "new", "--encoder", f"hf:{tiny_clip_dir}")
     (tmp_path / "empty").mkdir()
-    unimir("index", pool, "--out", tmp_path / "empty", "--encoder", f"hf:{tiny_clip_dir}")
+    for out in (tmp_path / "new", tmp_path / "empty"):
+        assert len(Index.build(pool, out, encoder=f"hf:{tiny_clip_dir}")) == 2
 
 
 def test_cleanup_removes_only_files_a_previous_manifest_listed(text_index, tiny_encoder):
