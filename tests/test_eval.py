@@ -53,9 +53,11 @@ def test_every_mode_and_file_gets_an_entry_in_json(index, corpus, tmp_path):
     entry = data["results"][1]
     assert {"queries", "task_id", "mode", "num_queries", "recall"} <= set(entry)
     assert set(entry["recall"]) == {"1", "5"} and all(0 <= v <= 1 for v in entry["recall"].values())
-    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    runs = sorted(p.name for p in (tmp_path / "runs").glob("*.run"))
     assert runs == ["mbeir_shapes_task0_test.task0.shapes.dense.run", "mbeir_shapes_task3_test.task3.shapes.dense.run"]
     first = (tmp_path / "runs" / runs[0]).read_text().splitlines()[0].split()
-    assert first[1] == "Q0" and first[3] == "1" and len(first) == 7
+    assert first[1] == "Q0" and first[3] == "1" and first[5] == "unimir-dense" and len(first) == 6  # TREC's six
+    ties = (tmp_path / "runs" / runs[0].replace(".run", ".ties.tsv")).read_text().splitlines()
+    assert ties[0] == "qid\trank\tdid\ttie_group" and ties[1].split("\t")[:3] == [first[0], "1", first[2]]
     table = format_table(results)
     assert "R@1" in table and "rand@5" in table and "T→I" in table and "I→T" in table

@@ -114,6 +114,13 @@ class Encoder(ABC):
     def embed_images(self, images: "list[Image.Image]", role: str = "candidate") -> np.ndarray:
         """float32 [n, dim], unit rows; images are RGB."""
 
+    #: longest text in tokens; longer texts are truncated (None: no limit, or unknown)
+    max_text_tokens: int | None = None
+
+    def count_over_length(self, texts: Sequence[str]) -> int:
+        """How many of ``texts`` the encoder truncates; 0 for encoders that do not know."""
+        return 0
+
     # ------------------------------------------------------------------------------------------------------
     def encode(self, items: Sequence[Item], role: str = "candidate", *, batch_size: int | None = None,
                progress: bool = False, cache: "EmbeddingCache | None" = None,
@@ -136,7 +143,12 @@ class Encoder(ABC):
                 problems.add("empty item: give a text, an image or both", item=it.name)
                 ok[i] = False
         if text_rows:
-            vecs = self._encode_texts([items[i].text for i in text_rows], role, batch_size, progress, cache)
+            texts = [items[i].text for i in text_rows]
+            vecs = self._encode_texts(texts, role, batch_size, progress, cache)
+            over = self.count_over_length(texts)
+            if over:
+                problems.notice("truncated", f"text(s) longer than the encoder's {self.max_text_tokens} tokens "
+                                "were truncated (only their beginning is searchable)", count=over)
             feats.text[text_rows] = vecs
             feats.text_mask[text_rows] = True
         if image_rows:
@@ -221,7 +233,16 @@ class Encoder(ABC):
         return out, good
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+def count_tokens_over(tokenizer, texts: Sequence[str], limit: int, batch: int = 1024) -> int:
+    """How many texts a Hugging Face tokenizer makes longer than ``limit`` tokens (special tokens included)."""
+    over = 0
+    for start in range(0, len(texts), batch):
+        ids = tokenizer(list(texts[start:start + batch]), truncation=False, verbose=False)["input_ids"]
+        over += sum(1 for row in ids if len(row) > limit)
+    return over
 
-    return tqdm(total=total, desc=desc, unit="item", disable=not enabled or total == 0, leave=False)
+
+def _progress(total: int, desc: str, enabled: bool):
+    from ..progress import progress_bar
+
+    return progress_bar(total, desc, enabled=enabled)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import UnimirError
-from .base import Encoder, l2_normalize
+from .base import Encoder, count_tokens_over, l2_normalize
 from .cache import EmbeddingCache
 from .preprocess import center_crop_tensor
 
@@ -49,6 +49,13 @@ class BuiltinEncoder(Encoder):
         self.tokenizer, self.text_model = _load_minilm()
         self.image_model = _load_lite0()
         self._class_matrix: torch.Tensor | None = None
+
+    @property
+    def max_text_tokens(self) -> int:
+        return self.max_length
+
+    def count_over_length(self, texts) -> int:
+        return count_tokens_over(self.tokenizer, texts, self.max_length)
 
     @torch.inference_mode()
     def embed_texts(self, texts: list[str], role: str = "candidate") -> np.ndarray:

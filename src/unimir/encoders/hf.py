@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import NotFoundError, UnimirError
-from .base import Encoder, l2_normalize
+from .base import Encoder, count_tokens_over, l2_normalize
 from .preprocess import center_crop_tensor
 
 _CLIP_MEAN, _CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -65,6 +65,13 @@ class HFDualEncoder(Encoder):
         self.mean = tuple(pre.get("image_mean", (0.5,) * 3 if siglip else _CLIP_MEAN))
         self.std = tuple(pre.get("image_std", (0.5,) * 3 if siglip else _CLIP_STD))
         self.crop = not siglip  # SigLIP resizes to a square, CLIP resizes the short side then centre-crops
+
+    @property
+    def max_text_tokens(self) -> int:
+        return self.max_length
+
+    def count_over_length(self, texts) -> int:
+        return count_tokens_over(self.tokenizer, texts, self.max_length)
 
     @torch.inference_mode()
     def embed_texts(self, texts: list[str], role: str = "candidate") -> np.ndarray:
