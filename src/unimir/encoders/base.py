@@ -210,7 +210,9 @@ class Encoder(ABC):
             good_rows, images = [], []
             for i in rows:
                 try:
-                    images.append(open_image(items[i].image, name=items[i].name))
+                    source = items[i].image  # a file's path names the file; the item id goes in front anyway
+                    label = str(source) if isinstance(source, (str, os.PathLike)) else items[i].name
+                    images.append(open_image(source, name=label))
                     good_rows.append(i)
                 except UnimirError as exc:
                     problems.add(str(exc), item=items[i].name)
