@@ -31,6 +31,7 @@ class MissingServerDependency(UnimirError):
 def _require_server_packages() -> None:
     try:
         import fastapi  # noqa: F401
+        import fastapi_offline  # noqa: F401  (Swagger UI's files for /docs, no CDN)
         import python_multipart  # noqa: F401  (form uploads)
         import uvicorn  # noqa: F401
     except ImportError as exc:
