@@ -25,25 +25,32 @@ def open_image(source: "str | os.PathLike | bytes | Image.Image", name: str | No
     if isinstance(source, Image.Image):
         return _to_rgb(source)
     label = name or ("<uploaded image>" if isinstance(source, (bytes, bytearray)) else str(source))
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise InvalidInputError(f"{label}: the image is empty (0 bytes)")
+    elif not Path(source).is_file():
+        raise NotFoundError(f"image file not found: {source} (check the path or --root)")
     try:
-        if isinstance(source, (bytes, bytearray)):
-            if not source:
-                raise InvalidInputError(f"{label}: the image is empty (0 bytes)")
-            img = Image.open(io.BytesIO(source))
-        else:
-            path = Path(source)
-            if not path.is_file():
-                raise NotFoundError(f"image file not found: {path} (check the path or --root)")
-            img = Image.open(path)
-        img.draft("RGB", (448, 448))  # JPEG: let the decoder downscale big photos cheaply
-        img.load()
+        with warnings.catch_warnings():  # the module-level filter may have been reset (pytest does per test)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = _decode(source)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InvalidInputError(f"{label}: image too large ({_pixels(exc)}; the limit is {MAX_IMAGE_PIXELS:,} "
                                 "pixels); downscale it") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidInputError(f"{label}: cannot decode image ({exc.__class__.__name__}: {exc}); "
                                 "re-export it as PNG or JPEG or remove it") from None
     return _to_rgb(img)
+
+
+def _decode(source: "str | os.PathLike | bytes") -> Image.Image:
+    if isinstance(source, (bytes, bytearray)):
+        img = Image.open(io.BytesIO(source))
+    else:
+        img = Image.open(source)
+    img.draft("RGB", (448, 448))  # JPEG: let the decoder downscale big photos cheaply
+    img.load()
+    return img
 
 
 def _pixels(exc: Exception) -> str:

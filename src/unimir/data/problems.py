@@ -42,7 +42,7 @@ class Problems:
         self.items.append(Problem(path, line, item, message))
 
     def notice(self, kind: str, message: str, count: int = 1) -> None:
-        """Count a non-fatal event; :meth:`summary` reports each kind once, with its total count."""
+        """Count a non-fatal event; :meth:`report` states each kind once, with its total count."""
         entry = self.notices.setdefault(kind, [0, message])
         entry[0] += count
 
