@@ -94,3 +94,58 @@ def test_train_then_search_and_eval_every_mode(corpus, tmp_path):
     found = json.loads(unimir("search", out, "--text", "a small orange star", "--modality", "text", "--mode",
                               "generative-rerank", "--k", "40", "--json").stdout)["results"]
     assert "A small orange star." in [h["txt"] for h in found]
+
+
+def test_every_option_has_help_and_version():
+    import argparse
+
+    from unimir import __version__
+    from unimir.cli import build_parser
+
+    missing, seen = [], 0
+
+    def walk(parser, prefix):
+        nonlocal seen
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{prefix} {name}")
+                continue
+            if isinstance(action, argparse._HelpAction):
+                continue
+            seen += 1
+            if not action.help or action.help == argparse.SUPPRESS:
+                missing.append(f"{prefix} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "unimir")
+    assert seen > 60 and not missing, missing
+    proc = unimir("--version")
+    assert proc.stdout.strip() == f"unimir {__version__}"
+
+
+def test_train_accepts_every_flag_once(corpus, tmp_path):
+    """Each train flag reaches the config it names (``--layers`` once crashed: the field is ``num_layers``)."""
+    out = tmp_path / "idx"
+    unimir("index", corpus["pool"], "--out", out, "--batch-size", "8", "--fusion-weights", "1,0.5", "--no-cache",
+           "--index", "flat", "--strict", "--root", corpus["root"], "--encoder", "builtin")
+    proc = unimir("--threads", "1", "train", out, "--queries", corpus["t2i"], "--qrels", corpus["qrels_t2i"],
+                  "--root", corpus["root"], "--instructions", corpus["instructions"], "--stage", "all",
+                  "--quantizer", "M3+RQ2x8", "--quantizer-epochs", "1", "--epochs", "2", "--batch-size", "8",
+                  "--lr", "0.002", "--layers", "1", "--d-model", "32", "--device", "cpu", "--seed", "3",
+                  "--checkpoint-dir", tmp_path / "ckpt", "--resume", "--strict")
+    assert "trained quantizer + generator" in proc.stdout
+    manifest = json.loads(next((out).glob("generative-*/manifest.json")).read_text())
+    config = manifest["generator"]["config"]
+    assert config["num_layers"] == 1 and config["d_model"] == 32
+    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {"quantizer", "generator"}
+
+
+def test_progress_lines_without_a_terminal(corpus, tmp_path):
+    """Not a TTY (a pipe here): progress still shows, as plain lines on stderr, not as a bar."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "UNIMIR_PROGRESS_INTERVAL": "0"}
+    proc = subprocess.run([sys.executable, "-m", "unimir", "index", str(corpus["pool"]), "--out", str(tmp_path / "i"),
+                           "--no-cache"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert any(line.startswith("encode texts: 18/18 items (100%)") and line.endswith("done") for line in lines), lines
+    assert any(line.startswith("encode images: ") for line in lines) and "\r" not in proc.stderr

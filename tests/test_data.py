@@ -120,3 +120,36 @@ def test_ingest_text_files_skip_rows_without_text(tmp_path, name, body):
 def test_mbeir_pool_root_is_above_cand_pool(corpus):
     cands, root = load_pool(corpus["pool"])
     assert root == corpus["root"].resolve() and (root / cands[0].img_path).is_file()
+
+
+def test_pixel_bomb_is_too_large_without_a_warning(tmp_path):
+    import io
+    import warnings
+
+    from PIL import Image
+
+    from unimir.data.images import open_image
+    from unimir.errors import InvalidInputError
+
+    for side in (8100, 12000):  # between 1x and 2x Pillow's limit (it only warns there), and over 2x (it raises)
+        buf = io.BytesIO()
+        Image.new("1", (side, side)).save(buf, "PNG")
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            with pytest.raises(InvalidInputError, match=f"image too large \\({side * side:,} pixels"):
+                open_image(buf.getvalue(), name="bomb.png")
+        assert not seen, [str(w.message) for w in seen]
+
+
+def test_text_files_decode_line_by_line(tmp_path):
+    from unimir.data.ingest import load_pool
+    from unimir.data.textio import id_problem
+
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"\xef\xbb\xbfid,text\na,caf\xc3\xa9\nb,caf\xe9\nc,\"two\nlines\"\n")
+    problems = Problems()
+    candidates, _ = load_pool(path, problems=problems)
+    assert [(c.did, c.txt) for c in candidates] == [("a", "café"), ("c", "two\nlines")]  # BOM stripped
+    assert [(p.line, "not valid UTF-8" in p.message) for p in problems.items] == [(3, True)]
+    assert id_problem(True) and id_problem(1.5) and id_problem("a\tb") and id_problem("..")
+    assert id_problem("10:1") is None and id_problem(7) is None and id_problem("cats/a b.png") is None

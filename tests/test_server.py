@@ -125,6 +125,36 @@ def test_openapi_docs(client):
     assert client.get("/docs").status_code == 200
 
 
+def test_docs_work_offline(client):
+    """/docs and /redoc reference only assets this server serves (from fastapi-offline's package), no CDN."""
+    import re
+
+    for page in ("/docs", "/redoc"):
+        html = client.get(page)
+        assert html.status_code == 200, page
+        refs = re.findall(r'(?:src|href)="([^"]+)"|(?:url|href): *[\'"]([^\'"]+)[\'"]', html.text)
+        urls = [a or b for a, b in refs]
+        assert urls and not [u for u in urls if "://" in u or u.startswith("//")], urls
+        for url in urls:
+            asset = client.get(url)
+            assert asset.status_code == 200 and asset.content, url
+    bundle = client.get("/docs-assets/swagger-ui-bundle.js")
+    assert "javascript" in bundle.headers["content-type"] and len(bundle.content) > 100_000
+
+
+def test_lone_surrogate_and_deep_json_are_400(client):
+    raw = b'{"text": "bad \\ud800 text"}'  # valid JSON, but not valid Unicode
+    message = _error(client.post("/search", content=raw, headers={"content-type": "application/json"}), 400)
+    assert "'text' is not valid Unicode" in message
+    deep = b'{"text": "x", "modality": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert "nested too deeply" in _error(client.post("/search", content=deep,
+                                                     headers={"content-type": "application/json"}), 400)
+    moderate = b'{"text": "x", "extra": ' + b"[" * 500 + b"]" * 500 + b"}"  # parses: refused as an unknown field
+    _error(client.post("/search", content=moderate, headers={"content-type": "application/json"}), 400)
+    raw = b'{"text": "ok", "\\udc80": 1}'
+    _error(client.post("/items", content=raw, headers={"content-type": "application/json"}), 400)
+
+
 # --- search ----------------------------------------------------------------------------------------------------
 
 def test_search_text_json(client):

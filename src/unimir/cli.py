@@ -4,11 +4,60 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import math
 import sys
 from pathlib import Path
 
 from .errors import UnimirError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, like every other unimir error: ``error: ...`` and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def _int_in(lo: int | None = None, hi: int | None = None, what: str = "an integer"):
+    """An argparse type: an integer in [lo, hi]; the message says the range."""
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
+        if (lo is not None and n < lo) or (hi is not None and n > hi):
+            span = f"from {lo} to {hi}" if lo is not None and hi is not None else f">= {lo}" if lo is not None \
+                else f"<= {hi}"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {n}")
+        return n
+    parse.__name__ = "integer"
+    return parse
+
+
+_positive_int = _int_in(1)
+_port = _int_in(1, 65535, "a port number")
+
+
+def _positive_float(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(x) or x <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value!r}")
+    return x
+
+
+def _beams(value: str) -> int:
+    from .index.index import MAX_BEAMS  # the one limit the API and the server check too
+
+    return _int_in(1, MAX_BEAMS)(value)
+
+
+def _k(value: str) -> int:
+    from .index.index import MAX_K
+
+    return _int_in(1, MAX_K)(value)
 
 
 def _ks(value: str) -> tuple[int, ...]:
@@ -26,95 +75,142 @@ def _weights(value: str) -> tuple[float, float]:
         a, b = (float(x) for x in value.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected IMAGE_WEIGHT,TEXT_WEIGHT such as 1,1; got {value!r}") from None
+    if not (math.isfinite(a) and math.isfinite(b)) or a < 0 or b < 0 or a + b == 0:
+        raise argparse.ArgumentTypeError(f"weights must be finite, >= 0 and not both 0; got {value!r}")
     return a, b
 
 
+def _device(value: str) -> str:
+    """cpu, cuda, cuda:N or mps (checked to exist when the command runs)."""
+    v = value.strip().lower()
+    if v in ("cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
+        return v
+    raise argparse.ArgumentTypeError(f"unknown device {value!r}: use cpu, cuda, cuda:N or mps")
+
+
+def _text(value: str) -> str:
+    """A text argument; undecodable bytes (the shell passed something that is not UTF-8) are refused."""
+    from .data.textio import check_text
+
+    try:
+        check_text(value, "the argument")
+    except UnimirError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _path(value: str) -> str:
+    return _text(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="unimir", description="Universal multimodal retrieval: dense and generative "
-                                "search over text, images and image+text, in the M-BEIR format.")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and FAISS (default: all cores)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    sub = p.add_subparsers(dest="command", required=True)
+    from . import __version__
+
+    p = _Parser(prog="unimir", description="Universal multimodal retrieval: dense and generative "
+                "search over text, images and image+text, in the M-BEIR format.")
+    p.add_argument("--version", action="version", version=f"unimir {__version__}",
+                   help="print the version and exit")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads for torch and FAISS (default: all cores)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress output (a bar on a terminal, a line every 30 s otherwise)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("index", help="encode a pool (M-BEIR jsonl, image folder or text file) into an index")
-    s.add_argument("pool", help="M-BEIR cand_pool .jsonl, a folder of images, or a .jsonl/.csv/.tsv/.txt of texts")
-    s.add_argument("--out", required=True, help="index directory to create (replaced atomically if it exists)")
-    s.add_argument("--root", help="data root that image paths are relative to (default: next to the pool)")
+    s.add_argument("pool", type=_path,
+                   help="M-BEIR cand_pool .jsonl, a folder of images, or a .jsonl/.csv/.tsv/.txt of texts")
+    s.add_argument("--out", required=True, type=_path,
+                   help="index directory to create (replaced atomically if it exists)")
+    s.add_argument("--root", type=_path, help="data root that image paths are relative to (default: next to the pool)")
     s.add_argument("--encoder", default="builtin", help="builtin (offline, default) or hf:<hub id or local dir>")
     s.add_argument("--index", default="flat", help="flat (exact) or hnsw[M][,ef<N>], e.g. hnsw32,ef128")
     s.add_argument("--fusion-weights", type=_weights, default=(1.0, 1.0), metavar="W_IMG,W_TXT",
                    help="score-fusion weights of image and text parts (default 1,1)")
-    s.add_argument("--batch-size", type=int, default=None)
+    s.add_argument("--batch-size", type=_positive_int, default=None, help="items per encoder batch")
     s.add_argument("--strict", action="store_true", help="fail on the first bad item instead of skipping it")
     s.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    s.add_argument("--allow-outside-root", action="store_true",
+                   help="index images whose path leaves the data root (the server will serve them)")
 
     s = sub.add_parser("add", help="add items to an existing index without rebuilding")
-    s.add_argument("index_dir")
-    s.add_argument("pool", help="same kinds of input as 'unimir index'")
-    s.add_argument("--root")
-    s.add_argument("--strict", action="store_true")
+    s.add_argument("index_dir", type=_path, help="the index directory")
+    s.add_argument("pool", type=_path, help="same kinds of input as 'unimir index'")
+    s.add_argument("--root", type=_path, help="data root that image paths are relative to (default: next to the pool)")
+    s.add_argument("--strict", action="store_true", help="fail on the first bad item instead of skipping it")
+    s.add_argument("--allow-outside-root", action="store_true",
+                   help="add images whose path leaves the data root (the server will serve them)")
 
     s = sub.add_parser("search", help="search an index by text, image or both")
-    s.add_argument("index_dir")
-    s.add_argument("--text")
-    s.add_argument("--image", help="path of a query image")
-    s.add_argument("--instruction", help='what is wanted, e.g. "Find me an image that matches the caption."')
+    s.add_argument("index_dir", type=_path, help="the index directory")
+    s.add_argument("--text", type=_text, help="query text")
+    s.add_argument("--image", type=_path, help="path of a query image")
+    s.add_argument("--instruction", type=_text,
+                   help='what is wanted, e.g. "Find me an image that matches the caption."')
     s.add_argument("--modality", help="only candidates of this modality: image, text, image,text (or a|b)")
-    s.add_argument("--k", type=int, default=10)
+    s.add_argument("--k", type=_k, default=10, help="number of results (default 10)")
     s.add_argument("--mode", default="dense", help="dense, generative, generative-rerank or quantize")
-    s.add_argument("--beams", type=int, default=None, help="beam width for generative modes")
+    s.add_argument("--beams", type=_beams, default=None, help="beam width for generative modes (default 50)")
     s.add_argument("--exclude-query", action="store_true", help="drop candidates identical to the query")
-    s.add_argument("--root", help="override the data root recorded in the index")
+    s.add_argument("--root", type=_path, help="override the data root recorded in the index")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     s = sub.add_parser("eval", help="Recall@K of an index on M-BEIR query files")
-    s.add_argument("index_dir")
-    s.add_argument("--queries", action="append", required=True, help="M-BEIR query .jsonl (repeatable)")
-    s.add_argument("--qrels", action="append", default=[], help="qrels file(s); default: pos_cand_list")
-    s.add_argument("--root", help="data root of the query images (default: the M-BEIR root above query/)")
-    s.add_argument("--instructions", help="query_instructions.tsv (default: <root>/instructions/...)")
+    s.add_argument("index_dir", type=_path, help="the index directory")
+    s.add_argument("--queries", action="append", required=True, type=_path, help="M-BEIR query .jsonl (repeatable)")
+    s.add_argument("--qrels", action="append", default=[], type=_path,
+                   help="qrels file(s); default: pos_cand_list")
+    s.add_argument("--root", type=_path, help="data root of the query images (default: the M-BEIR root above query/)")
+    s.add_argument("--instructions", type=_path, help="query_instructions.tsv (default: <root>/instructions/...)")
     s.add_argument("--k", type=_ks, default=(1, 5, 10), help="comma-separated cut-offs (default 1,5,10)")
     s.add_argument("--mode", default="dense", help="one mode or a comma-separated list of modes")
-    s.add_argument("--beams", type=int, default=None)
-    s.add_argument("--seed", type=int, default=0, help="seed of the per-query instruction choice")
-    s.add_argument("--runs", help="write TREC run files to this folder")
+    s.add_argument("--beams", type=_beams, default=None, help="beam width for generative modes (default 50)")
+    s.add_argument("--seed", type=_int_in(0), default=0, help="seed of the per-query instruction choice")
+    s.add_argument("--runs", type=_path,
+                   help="write TREC run files (qid Q0 did rank score run) and their tie groups to this folder")
     s.add_argument("--exclude-query", action="store_true",
                    help="drop candidates identical to the query (its own image or text), as CIRR does")
-    s.add_argument("--json", dest="json_out", help="write results as JSON to this file")
+    s.add_argument("--json", dest="json_out", type=_path, help="write results as JSON to this file")
+    s.add_argument("--strict", action="store_true", help="fail on the first bad query instead of dropping it")
 
     s = sub.add_parser("train", help="train the generative retriever (quantizer, then ID generator) of an index")
-    s.add_argument("index_dir")
-    s.add_argument("--queries", action="append", required=True, help="M-BEIR training query .jsonl (repeatable)")
-    s.add_argument("--qrels", action="append", default=[], help="qrels file(s); default: pos_cand_list")
-    s.add_argument("--root", help="data root of the query images (default: the M-BEIR root above query/)")
-    s.add_argument("--instructions", help="query_instructions.tsv (default: <root>/instructions/...)")
-    s.add_argument("--stage", default="all", choices=("quantizer", "generator", "all"))
+    s.add_argument("index_dir", type=_path, help="the index directory")
+    s.add_argument("--queries", action="append", required=True, type=_path,
+                   help="M-BEIR training query .jsonl (repeatable)")
+    s.add_argument("--qrels", action="append", default=[], type=_path,
+                   help="qrels file(s); default: pos_cand_list")
+    s.add_argument("--root", type=_path, help="data root of the query images (default: the M-BEIR root above query/)")
+    s.add_argument("--instructions", type=_path, help="query_instructions.tsv (default: <root>/instructions/...)")
+    s.add_argument("--stage", default="all", choices=("quantizer", "generator", "all"),
+                   help="what to train (default all)")
     s.add_argument("--quantizer", help="quantizer spec, e.g. M3+RQ3x64 (levels x codebook size)")
-    s.add_argument("--quantizer-epochs", type=int, default=None)
-    s.add_argument("--epochs", type=int, default=None, help="generator epochs")
-    s.add_argument("--batch-size", type=int, default=None, help="generator batch size")
-    s.add_argument("--lr", type=float, default=None, help="generator learning rate")
-    s.add_argument("--layers", type=int, default=None, help="generator decoder layers")
-    s.add_argument("--d-model", type=int, default=None, help="generator width")
-    s.add_argument("--device", default="cpu", help="cpu or cuda (mixed precision on cuda)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--checkpoint-dir", help="keep resumable checkpoints here")
+    s.add_argument("--quantizer-epochs", type=_positive_int, default=None, help="quantizer epochs")
+    s.add_argument("--epochs", type=_positive_int, default=None, help="generator epochs")
+    s.add_argument("--batch-size", type=_positive_int, default=None, help="generator batch size")
+    s.add_argument("--lr", type=_positive_float, default=None, help="generator learning rate")
+    s.add_argument("--layers", type=_positive_int, default=None, help="generator decoder layers")
+    s.add_argument("--d-model", type=_positive_int, default=None, help="generator width")
+    s.add_argument("--device", type=_device, default="cpu", help="cpu or cuda (mixed precision on cuda)")
+    s.add_argument("--seed", type=_int_in(0), default=0,
+                   help="seed of initialisation, shuffling and instruction choice")
+    s.add_argument("--checkpoint-dir", type=_path, help="keep resumable checkpoints here")
     s.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
+    s.add_argument("--strict", action="store_true", help="fail on the first bad query instead of dropping it")
 
     s = sub.add_parser("info", help="show an index's manifest, or verify its files with --check")
-    s.add_argument("index_dir")
+    s.add_argument("index_dir", type=_path, help="the index directory")
     s.add_argument("--check", action="store_true",
                    help="verify every file of the index (sizes, digests, counts) and say what is wrong (exit 2)")
 
     s = sub.add_parser("serve", help="serve an index over HTTP, with a search page at /")
-    s.add_argument("index_dir")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--root", help="override the data root recorded in the index")
-    s.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload (default 10 MB)")
+    s.add_argument("index_dir", type=_path, help="the index directory")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=_port, default=8000, help="port to listen on (default 8000)")
+    s.add_argument("--root", type=_path, help="override the data root recorded in the index")
+    s.add_argument("--max-upload-mb", type=_positive_float, default=10.0,
+                   help="largest accepted upload (default 10 MB)")
 
     s = sub.add_parser("demo", help="index the bundled demo corpus, search it and evaluate it")
-    s.add_argument("--out", help="where to put the demo index (default: the unimir cache folder)")
+    s.add_argument("--out", type=_path, help="where to put the demo index (default: $UNIMIR_CACHE_DIR/demo-index)")
     s.add_argument("--fast", action="store_true", help="skip generative training")
     return p
 
@@ -127,11 +223,15 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
         faiss.omp_set_num_threads(args.threads)
-    progress = not args.quiet and sys.stderr.isatty() or os.environ.get("UNIMIR_PROGRESS") == "1"
+    progress = not args.quiet  # a bar on a terminal, a plain line every 30 s otherwise (unimir.progress)
     try:
         return COMMANDS[args.command](args, progress) or 0
     except UnimirError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file or folder the command could not read or write: say which, not a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -145,13 +245,20 @@ def cmd_index(args, progress: bool) -> int:
     problems = Problems(strict=args.strict)
     index = Index.build(args.pool, args.out, root=args.root, encoder=args.encoder, index=args.index,
                         fusion_weights=args.fusion_weights, problems=problems, progress=progress,
-                        batch_size=args.batch_size, cache=not args.no_cache)
+                        batch_size=args.batch_size, cache=not args.no_cache,
+                        allow_outside_root=args.allow_outside_root)
     counts = ", ".join(f"{v} {k}" for k, v in index.manifest.modality_counts.items() if v)
     print(f"indexed {len(index)} items ({counts}) with encoder {index.manifest.encoder} "
           f"and index {index.manifest.index_spec} -> {index.path}")
-    if len(problems):
-        print(problems.summary(), file=sys.stderr)
+    _report(problems)
     return 0
+
+
+def _report(problems) -> None:
+    """Skipped items and once-per-run notes, on stderr after the command's result."""
+    text = problems.report()
+    if text:
+        print(text, file=sys.stderr)
 
 
 def cmd_add(args, progress: bool) -> int:
@@ -161,11 +268,10 @@ def cmd_add(args, progress: bool) -> int:
 
     problems = Problems(strict=args.strict)
     index = Index.load(args.index_dir)
-    candidates, root = load_pool(args.pool, args.root, problems)
+    candidates, root = load_pool(args.pool, args.root, problems, allow_outside_root=args.allow_outside_root)
     added = index.add(candidates, root=root, problems=problems, progress=progress)
     print(f"added {added} items; the index now holds {len(index)}")
-    if len(problems):
-        print(problems.summary(), file=sys.stderr)
+    _report(problems)
     return 0
 
 
@@ -192,41 +298,64 @@ def format_hits(hits) -> str:
 
 
 def cmd_eval(args, progress: bool) -> int:
+    from .data.problems import Problems
+    from .errors import InvalidInputError
     from .eval import evaluate, format_table, write_json
+    from .eval.evaluate import check_writable_dir, check_writable_file
     from .index import Index
 
+    if args.json_out:  # fail now, not after the evaluation
+        check_writable_file(args.json_out, "--json")
+    if args.runs:
+        check_writable_dir(args.runs, "--runs")
+    problems = Problems(strict=args.strict)
     index = Index.load(args.index_dir)
     results = []
     for mode in [m.strip() for m in args.mode.split(",") if m.strip()]:
         results += evaluate(index, args.queries, qrels=args.qrels, root=args.root, ks=args.k, mode=mode,
                             beams=args.beams, instructions=args.instructions, seed=args.seed, progress=progress,
-                            runs_dir=args.runs, exclude_query=args.exclude_query)
+                            runs_dir=args.runs, exclude_query=args.exclude_query, problems=problems)
+    _report(problems)
+    evaluated = sum(r.num_queries for r in results)
+    dropped = sum(r.dropped_queries for r in results)
+    if not evaluated:
+        raise InvalidInputError(f"no query could be evaluated ({dropped} dropped; the reasons are listed above)")
     print(format_table(results))
+    if dropped:
+        print(f"note: {dropped} of {evaluated + dropped} queries were dropped (the 'dropped' column; reasons above)",
+              file=sys.stderr)
     missing = sum(r.missing_positives for r in results)
     if missing:
         print(f"note: {missing} relevant ids are not in this pool; they cap the achievable recall", file=sys.stderr)
     if args.json_out:
-        write_json(results, args.json_out)
+        write_json(results, args.json_out, problems)
         print(f"wrote {args.json_out}")
     return 0
 
 
 def cmd_train(args, progress: bool) -> int:
+    from .data.problems import Problems
+    from .errors import InvalidInputError
     from .generator import GeneratorConfig, GeneratorTrainConfig
     from .index import Index
     from .quantizer import QuantizerTrainConfig
     from .training import train, training_pairs
 
+    if args.resume and not args.checkpoint_dir:
+        raise InvalidInputError("--resume continues from saved checkpoints: give --checkpoint-dir too")
+    _check_device(args.device)
+    problems = Problems(strict=args.strict)
     index = Index.load(args.index_dir, generative=args.stage == "generator")  # other stages start afresh
     pairs = training_pairs(index, args.queries, qrels=args.qrels, root=args.root, instructions=args.instructions,
-                           seed=args.seed, progress=progress)
+                           seed=args.seed, progress=progress, problems=problems)
+    _report(problems)
     print(f"{len(pairs)} training pairs from {', '.join(Path(q).name for q in args.queries)}")
     pick = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731
     report = train(
         index, pairs, stage=args.stage, quantizer=args.quantizer,
         quantizer_config=QuantizerTrainConfig(**pick(epochs=args.quantizer_epochs, seed=args.seed,
                                                       device=args.device)),
-        generator=GeneratorConfig(**pick(layers=args.layers, d_model=args.d_model)),
+        generator=GeneratorConfig(**pick(num_layers=args.layers, d_model=args.d_model)),
         generator_config=GeneratorTrainConfig(**pick(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                                      seed=args.seed, device=args.device)),
         progress=progress, checkpoint_dir=args.checkpoint_dir, resume=args.resume)
@@ -240,6 +369,19 @@ def cmd_train(args, progress: bool) -> int:
                                         for k, v in last.items()))
     print(f"trained {' + '.join(report.stages)}; modes now available: {', '.join(index.modes)}")
     return 0
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    from .errors import InvalidInputError
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidInputError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise InvalidInputError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InvalidInputError("--device mps: Apple's MPS backend is not available here; use --device cpu")
 
 
 def cmd_info(args, progress: bool) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from importlib import resources
 from pathlib import Path
@@ -56,6 +57,7 @@ def run_demo(out: "str | Path | None" = None, *, train: bool = True, progress: b
     results = evaluate(index, test_query_files(root), ks=(1, 5, 10), progress=progress, exclude_query=True)
     print(format_table(results))
     if not train:
+        _where(out, "dense")
         return 0
 
     print("\n== 4. Train generative retrieval (GENIUS: semantic IDs + ID generator) on the training split")
@@ -75,8 +77,14 @@ def run_demo(out: "str | Path | None" = None, *, train: bool = True, progress: b
         results += evaluate(index, test_query_files(root), ks=(1, 5, 10), mode=mode, progress=progress,
                             exclude_query=True)
     print(format_comparison(results))
-    print(f"\n   Try it: unimir search {out} --text 'a red apple' --modality image --mode generative-rerank")
+    _where(out, "generative-rerank")
     return 0
+
+
+def _where(out: Path, mode: str) -> None:
+    """The real location of the index (by default under $UNIMIR_CACHE_DIR, not the current folder)."""
+    print(f"\n   The demo index is in {out.resolve()} (choose the place with 'unimir demo --out DIR'). Try it:")
+    print(f"   unimir search {shlex.quote(str(out.resolve()))} --text 'a red apple' --modality image --mode {mode}")
 
 
 __all__ = ["run_demo", "demo_corpus", "test_query_files"]

@@ -52,7 +52,14 @@ def prepare_queries(queries: Sequence[Query], index: "Index", *, data_root: Path
         rel = set(relevant.get(q.qid, ())) if relevant is not None else set(q.pos_cand_list)
         if not rel:
             out.skipped += 1
-            problems.add("query has no positives; skipped", path=source, item=q.qid)
+            nonpositive = getattr(relevant, "nonpositive", {}).get(q.qid) if relevant is not None else None
+            if nonpositive:
+                why = f"its {nonpositive} qrels row(s) all have relevance <= 0, which does not mark a positive"
+            elif relevant is not None:
+                why = "no qrels row names it"
+            else:
+                why = "its pos_cand_list is empty"
+            problems.add(f"query has no positives ({why}); skipped", path=source, item=q.qid)
             continue
         out.missing_positives += sum(1 for d in rel if d not in index.row_of)
         target = target_modality(index, q.task_id, rel)

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .data.mbeir import InstructionTable, read_qrels, read_queries
+from .data.mbeir import InstructionTable, QrelsTable, read_qrels, read_queries
 from .data.problems import Problems
 from .encoders import EmbeddingCache
 from .errors import InvalidInputError
@@ -43,11 +43,9 @@ def training_pairs(index: Index, query_files: Sequence["str | Path"], *, qrels: 
     (genius-method.md §8.10). Positives absent from the pool are skipped.
     """
     problems = problems if problems is not None else Problems()
-    relevant = None
+    relevant = QrelsTable() if qrels else None
     for path in qrels:
-        relevant = relevant or {}
-        for qid, dids in read_qrels(path).items():
-            relevant.setdefault(qid, set()).update(dids)
+        relevant.merge(read_qrels(path, problems))
     feats, query_rows, positive_rows, targets = [], [], [], []
     offset = 0
     cache = EmbeddingCache()

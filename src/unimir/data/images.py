@@ -5,13 +5,17 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import warnings
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import InvalidInputError, NotFoundError
 
-Image.MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs with a clear error instead of exhausting memory
+MAX_IMAGE_PIXELS = 64_000_000
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # refuse decompression bombs with a clear error instead of exhausting memory
+# Pillow only warns between 1x and 2x the limit; make that an error too, so open_image refuses it in one line
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -21,22 +25,40 @@ def open_image(source: "str | os.PathLike | bytes | Image.Image", name: str | No
     if isinstance(source, Image.Image):
         return _to_rgb(source)
     label = name or ("<uploaded image>" if isinstance(source, (bytes, bytearray)) else str(source))
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise InvalidInputError(f"{label}: the image is empty (0 bytes)")
+    elif not Path(source).is_file():
+        raise NotFoundError(f"image file not found: {source} (check the path or --root)")
     try:
-        if isinstance(source, (bytes, bytearray)):
-            if not source:
-                raise InvalidInputError(f"{label}: the image is empty (0 bytes)")
-            img = Image.open(io.BytesIO(source))
-        else:
-            path = Path(source)
-            if not path.is_file():
-                raise NotFoundError(f"image file not found: {path} (check the path or --root)")
-            img = Image.open(path)
-        img.draft("RGB", (448, 448))  # JPEG: let the decoder downscale big photos cheaply
-        img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        with warnings.catch_warnings():  # the module-level filter may have been reset (pytest does per test)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = _decode(source)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidInputError(f"{label}: image too large ({_pixels(exc)}; the limit is {MAX_IMAGE_PIXELS:,} "
+                                "pixels); downscale it") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidInputError(f"{label}: cannot decode image ({exc.__class__.__name__}: {exc}); "
                                 "re-export it as PNG or JPEG or remove it") from None
     return _to_rgb(img)
+
+
+def _decode(source: "str | os.PathLike | bytes") -> Image.Image:
+    if isinstance(source, (bytes, bytearray)):
+        img = Image.open(io.BytesIO(source))
+    else:
+        img = Image.open(source)
+    img.draft("RGB", (448, 448))  # JPEG: let the decoder downscale big photos cheaply
+    img.load()
+    return img
+
+
+def _pixels(exc: Exception) -> str:
+    """'W x H pixels' from Pillow's decompression-bomb message, else a generic phrase."""
+    import re
+
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    return f"{int(found.group(1)):,} pixels" if found else "too many pixels"
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from pathlib import Path
@@ -12,12 +11,13 @@ from .images import IMAGE_SUFFIXES
 from .mbeir import read_candidates
 from .problems import Problems
 from .records import Candidate, Modality
+from .textio import csv_rows, id_problem, invalid_unicode_field, iter_lines
 
 CAPTION_FILES = ("captions.tsv", "captions.csv", "captions.jsonl")
 
 
 def load_pool(source: "str | os.PathLike", root: "str | os.PathLike | None" = None,
-              problems: Problems | None = None) -> tuple[list[Candidate], Path]:
+              problems: Problems | None = None, *, allow_outside_root: bool = False) -> tuple[list[Candidate], Path]:
     """Read a pool from ``source`` and return (candidates, the data root their image paths are relative to).
 
     * an M-BEIR ``cand_pool`` jsonl (records with ``did``): image paths resolve against ``root`` (default: the
@@ -26,11 +26,16 @@ def load_pool(source: "str | os.PathLike", root: "str | os.PathLike | None" = No
       ``captions.tsv|csv|jsonl`` (file name → caption) captioned images become image+text items;
     * a ``.jsonl`` of texts (``{"id": ..., "text": ...}``), a ``.csv``/``.tsv`` with ``text`` (and ``id``)
       columns, or a ``.txt`` with one text per line: one text candidate each.
+
+    An image path that leaves the data root (``../x.png``, an absolute path, a symlink to a file elsewhere) is
+    reported and skipped unless ``allow_outside_root``: the server hands out every indexed image.
     """
     source = Path(source)
     problems = problems if problems is not None else Problems()
     if source.is_dir():
-        return _image_folder(source, problems), Path(root or source).resolve()
+        root_path = Path(root or source).resolve()
+        return _inside_root(_image_folder(source, problems), root_path, source, problems, allow_outside_root), \
+            root_path
     if not source.is_file():
         raise NotFoundError(f"no such file or folder: {source}")
     default_root = source.parent
@@ -39,7 +44,8 @@ def load_pool(source: "str | os.PathLike", root: "str | os.PathLike | None" = No
     root_path = Path(root or default_root).resolve()
     suffix = source.suffix.lower()
     if suffix == ".jsonl" and _looks_like_mbeir(source):
-        return read_candidates(source, problems), root_path
+        candidates = read_candidates(source, problems)
+        return _inside_root(candidates, root_path, source, problems, allow_outside_root), root_path
     if suffix in (".jsonl", ".csv", ".tsv", ".txt"):
         return _text_file(source, problems), root_path
     raise DataError("unsupported pool: give an M-BEIR .jsonl pool, a folder of images, "
@@ -47,14 +53,36 @@ def load_pool(source: "str | os.PathLike", root: "str | os.PathLike | None" = No
 
 
 def _looks_like_mbeir(path: Path) -> bool:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                try:
-                    return isinstance(obj := json.loads(line), dict) and "did" in obj
-                except json.JSONDecodeError:
-                    return True  # let the M-BEIR reader report the bad line with its number
+    for _, line in iter_lines(path, Problems()):  # undecodable lines are reported by the reader proper
+        if line.strip():
+            try:
+                return isinstance(obj := json.loads(line), dict) and "did" in obj
+            except (json.JSONDecodeError, RecursionError):
+                return True  # let the M-BEIR reader report the bad line with its number
     return True
+
+
+def _inside_root(candidates: list[Candidate], root: Path, source: Path, problems: Problems,
+                 allow_outside: bool) -> list[Candidate]:
+    """Candidates whose image lies under ``root`` (symlinks resolved); the others are reported and left out."""
+    if allow_outside:
+        return candidates
+    kept = []
+    for c in candidates:
+        if c.img_path and not _is_within(root, c.img_path):
+            problems.add(f"image path {c.img_path!r} leaves the data root {root}; move the file under the root, "
+                         "or pass --allow-outside-root to index it anyway", path=str(source), item=c.did,
+                         field_name="img_path")
+            continue
+        kept.append(c)
+    return kept
+
+
+def _is_within(root: Path, img_path: str) -> bool:
+    if Path(img_path).is_absolute():
+        return False
+    target = (root / img_path).resolve()
+    return target == root or root in target.parents
 
 
 def _image_folder(folder: Path, problems: Problems) -> list[Candidate]:
@@ -62,6 +90,10 @@ def _image_folder(folder: Path, problems: Problems) -> list[Candidate]:
     out = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
         rel = path.relative_to(folder).as_posix()
+        why = id_problem(rel, "image")
+        if why:
+            problems.add(f"{why} (the id is the file's path; rename the file)", path=str(folder))
+            continue
         caption = captions.get(rel) or captions.get(path.name)
         out.append(Candidate(rel, Modality.IMAGE_TEXT if caption else Modality.IMAGE, caption, rel))
     if not out:
@@ -91,32 +123,53 @@ def _text_file(path: Path, problems: Problems) -> list[Candidate]:
 def _rows(path: Path, problems: Problems, id_keys: tuple[str, ...]):
     """Yield (id, text) from a .jsonl, .csv/.tsv or .txt file; rows without text are reported and skipped."""
     suffix = path.suffix.lower()
-    with open(path, encoding="utf-8", newline="") as f:
-        if suffix == ".txt":
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    yield f"{path.stem}:{lineno}", line.strip()
-            return
-        if suffix == ".jsonl":
-            records = []
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                    if not isinstance(obj, dict):
-                        raise ValueError("expected a JSON object")
-                except ValueError as exc:
-                    problems.add(f"malformed JSON ({exc})", path=str(path), line=lineno)
-                    continue
-                records.append((lineno, obj))
-        else:
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            records = [(lineno, row) for lineno, row in enumerate(reader, 2)]
-        for lineno, obj in records:
-            text = obj.get("text") or obj.get("caption") or obj.get("txt")
-            rid = next((str(obj[k]) for k in id_keys if obj.get(k) not in (None, "")), f"{path.stem}:{lineno}")
-            if not isinstance(text, str) or not text.strip():
-                problems.add("no text (expected a 'text' or 'caption' field)", path=str(path), line=lineno, item=rid)
+    if suffix == ".txt":
+        for lineno, line in iter_lines(path, problems):
+            if line.strip():
+                yield f"{path.stem}:{lineno}", line.strip()
+        return
+    records: list[tuple[int, dict]] = []
+    if suffix == ".jsonl":
+        for lineno, line in iter_lines(path, problems):
+            if not line.strip():
                 continue
-            yield rid, text.strip()
+            try:
+                obj = json.loads(line)
+                if not isinstance(obj, dict):
+                    raise ValueError("expected a JSON object")
+            except RecursionError:
+                problems.add("JSON nested too deeply", path=str(path), line=lineno)
+                continue
+            except ValueError as exc:
+                problems.add(f"malformed JSON ({exc})", path=str(path), line=lineno)
+                continue
+            bad = invalid_unicode_field(obj)
+            if bad:
+                problems.add("not valid Unicode (a lone surrogate such as \\ud800); fix the text", path=str(path),
+                             line=lineno, field_name=bad)
+                continue
+            records.append((lineno, obj))
+    else:
+        rows = csv_rows(path, "\t" if suffix == ".tsv" else ",", problems)
+        header = next(rows, None)
+        if header is None:
+            return
+        names = [h.strip() for h in header[1]]
+        records = [(lineno, dict(zip(names, cells))) for lineno, cells in rows]
+    for lineno, obj in records:
+        text = next((obj[k] for k in ("text", "caption", "txt") if isinstance(obj.get(k), str) and obj[k].strip()),
+                    obj.get("text"))
+        key = next((k for k in id_keys if obj.get(k) not in (None, "")), None)
+        if key is None:
+            rid = f"{path.stem}:{lineno}"
+        else:
+            why = id_problem(obj[key])
+            if why:
+                problems.add(why, path=str(path), line=lineno, field_name=key)
+                continue
+            rid = str(obj[key])
+        if not isinstance(text, str) or not text.strip():
+            problems.add("no text (expected a 'text' or 'caption' field that is not empty or only whitespace)",
+                         path=str(path), line=lineno, item=rid)
+            continue
+        yield rid, text.strip()

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -14,30 +12,46 @@ from typing import Any, Iterable, Iterator
 from ..errors import DataError, InvalidInputError, NotFoundError
 from .problems import Problems
 from .records import Candidate, Modality, Query, dumps
+from .textio import csv_rows, id_problem, invalid_unicode_field, iter_lines
 
 
 def _iter_json_lines(path: Path, problems: Problems) -> Iterator[tuple[int, dict[str, Any]]]:
-    if not path.is_file():
-        raise NotFoundError(f"file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.add(f"malformed JSON ({exc.msg} at column {exc.colno})", path=str(path), line=lineno)
-                continue
-            if not isinstance(obj, dict):
-                problems.add("expected a JSON object", path=str(path), line=lineno)
-                continue
-            yield lineno, obj
+    for lineno, line in iter_lines(path, problems):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.add(f"malformed JSON ({exc.msg} at column {exc.colno})", path=str(path), line=lineno)
+            continue
+        except RecursionError:
+            problems.add("JSON nested too deeply", path=str(path), line=lineno)
+            continue
+        if not isinstance(obj, dict):
+            problems.add("expected a JSON object", path=str(path), line=lineno)
+            continue
+        bad = invalid_unicode_field(obj)
+        if bad:
+            problems.add("not valid Unicode (a lone surrogate such as \\ud800); fix the text", path=str(path),
+                         line=lineno, item=_shown_id(obj), field_name=bad)
+            continue
+        yield lineno, obj
+
+
+def _shown_id(obj: dict) -> str | None:
+    for key in ("did", "qid"):
+        value = obj.get(key)
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and id_problem(value) is None:
+            return str(value)
+    return None
 
 
 def _opt_str(obj: dict, key: str, path: Path, lineno: int) -> str | None:
     value = obj.get(key)
+    if isinstance(value, str) and not value.strip():
+        return None  # "" and whitespace-only mean absent; a record left with no content is reported by the caller
     if value is None or isinstance(value, str):
-        return value if value != "" else None
+        return value
     raise DataError(f"expected a string or null, got {type(value).__name__}", path=str(path), line=lineno, field=key)
 
 
@@ -74,8 +88,9 @@ def _read_records(path: Path, problems: Problems | None, id_field: str, kind: st
     for lineno, obj in _iter_json_lines(path, problems):
         try:
             rid = obj.get(id_field)
-            if not isinstance(rid, (str, int)) or str(rid) == "":
-                raise DataError(f"missing {kind} id", path=str(path), line=lineno, field=id_field)
+            why = id_problem(rid, kind)
+            if why:
+                raise DataError(why, path=str(path), line=lineno, field=id_field)
             rid = str(rid)
             if rid in seen:
                 raise DataError(f"duplicate {kind} id {rid!r} (first on line {seen[rid]})",
@@ -83,7 +98,7 @@ def _read_records(path: Path, problems: Problems | None, id_field: str, kind: st
             out.append(parse(obj, rid, path, lineno))
             seen[rid] = lineno
         except DataError as exc:
-            problems.add(exc.reason, path=str(path), line=lineno, item=str(obj.get(id_field)), field_name=exc.field)
+            problems.add(exc.reason, path=str(path), line=lineno, item=_shown_id(obj), field_name=exc.field)
     return out
 
 
@@ -91,7 +106,8 @@ def _parse_candidate(obj: dict, did: str, path: Path, lineno: int) -> Candidate:
     txt = _opt_str(obj, "txt", path, lineno)
     img = _opt_str(obj, "img_path", path, lineno)
     if txt is None and img is None:
-        raise DataError("a candidate needs 'txt', 'img_path' or both", path=str(path), line=lineno)
+        raise DataError("a candidate needs 'txt', 'img_path' or both (text that is empty or only whitespace "
+                        "does not count)", path=str(path), line=lineno)
     modality = _record_modality(obj, "modality", txt is not None, img is not None, path, lineno)
     return Candidate(did, modality, txt, img, _src(obj.get("src_content")))
 
@@ -100,13 +116,20 @@ def _parse_query(obj: dict, qid: str, path: Path, lineno: int) -> Query:
     txt = _opt_str(obj, "query_txt", path, lineno)
     img = _opt_str(obj, "query_img_path", path, lineno)
     if txt is None and img is None:
-        raise DataError("a query needs 'query_txt', 'query_img_path' or both", path=str(path), line=lineno)
+        raise DataError("a query needs 'query_txt', 'query_img_path' or both (text that is empty or only "
+                        "whitespace does not count)", path=str(path), line=lineno)
     modality = _record_modality(obj, "query_modality", txt is not None, img is not None, path, lineno)
     pos, neg = obj.get("pos_cand_list") or [], obj.get("neg_cand_list") or []
-    if not isinstance(pos, list) or not isinstance(neg, list):
-        raise DataError("expected a list of candidate ids", path=str(path), line=lineno, field="pos_cand_list")
+    for key, ids in (("pos_cand_list", pos), ("neg_cand_list", neg)):
+        if not isinstance(ids, list):
+            raise DataError(f"expected a list of candidate ids, got {type(ids).__name__} {ids!r:.40}",
+                            path=str(path), line=lineno, field=key)
+        for did in ids:
+            why = id_problem(did, "candidate")
+            if why:
+                raise DataError(why, path=str(path), line=lineno, field=key)
     task = obj.get("task_id")
-    if task is not None and (not isinstance(task, int) or not 0 <= task <= 8):
+    if task is not None and (isinstance(task, bool) or not isinstance(task, int) or not 0 <= task <= 8):
         raise DataError(f"task_id must be an integer 0..8, got {task!r}", path=str(path), line=lineno,
                         field="task_id")
     return Query(qid, modality, txt, img, [str(p) for p in pos], [str(n) for n in neg], task,
@@ -127,27 +150,53 @@ def write_jsonl(path: "str | os.PathLike", records: Iterable[Candidate | Query])
 Qrels = dict[str, set[str]]
 
 
-def read_qrels(path: "str | os.PathLike") -> Qrels:
-    """Read M-BEIR qrels (``qid 0 did relevance [task_id]``); only rows with relevance > 0 are kept."""
+class QrelsTable(dict):
+    """qid -> set of relevant dids, plus what was left out: ``nonpositive`` holds the qids that had rows with
+    relevance <= 0 (M-BEIR qrels list positives only, with relevance 1; such rows are not positives)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.nonpositive: dict[str, int] = {}
+
+    def merge(self, other: "QrelsTable") -> None:
+        for qid, dids in other.items():
+            self.setdefault(qid, set()).update(dids)
+        for qid, n in getattr(other, "nonpositive", {}).items():
+            self.nonpositive[qid] = self.nonpositive.get(qid, 0) + n
+
+
+def read_qrels(path: "str | os.PathLike", problems: Problems | None = None) -> QrelsTable:
+    """Read M-BEIR qrels (``qid 0 did relevance [task_id]``); only rows with relevance > 0 are kept.
+
+    Rows with relevance <= 0 are counted in ``.nonpositive`` and, with ``problems``, noted once per file.
+    """
     path = Path(path)
     if not path.is_file():
         raise NotFoundError(f"qrels file not found: {path}")
-    qrels: Qrels = defaultdict(set)
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) < 4:
-                raise DataError(f"expected 'qid 0 did relevance [task_id]', got {line.strip()!r}",
-                                path=str(path), line=lineno)
-            try:
-                rel = float(parts[3])
-            except ValueError:
-                raise DataError(f"relevance {parts[3]!r} is not a number", path=str(path), line=lineno) from None
-            if rel > 0:
-                qrels[parts[0]].add(parts[2])
-    return dict(qrels)
+    qrels = QrelsTable()
+    ignored = 0
+    for lineno, line in iter_lines(path):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 4:
+            raise DataError(f"expected 'qid 0 did relevance [task_id]', got {line.strip()!r}",
+                            path=str(path), line=lineno)
+        try:
+            rel = float(parts[3])
+        except ValueError:
+            raise DataError(f"relevance {parts[3]!r} is not a number", path=str(path), line=lineno,
+                            field="relevance") from None
+        if rel > 0:
+            qrels.setdefault(parts[0], set()).add(parts[2])
+        else:
+            ignored += 1
+            qrels.nonpositive[parts[0]] = qrels.nonpositive.get(parts[0], 0) + 1
+    if ignored and problems is not None:
+        problems.notice(f"qrels-nonpositive:{path}", f"row(s) of {path} have relevance <= 0 and were ignored: "
+                        "only relevance > 0 marks a positive (M-BEIR qrels list positives with relevance 1)",
+                        count=ignored)
+    return qrels
 
 
 def write_qrels(path: "str | os.PathLike", queries: Iterable[Query]) -> None:
@@ -185,13 +234,10 @@ class InstructionTable:
         if not path.is_file():
             raise NotFoundError(f"instructions file not found: {path}")
         prompts: dict[tuple[int, Modality, Modality], list[str]] = {}
-        with open(path, encoding="utf-8", newline="") as f:
-            rows = list(csv.reader(f, delimiter="\t"))
+        rows = list(csv_rows(path, "\t"))
         if not rows:
             raise DataError("empty instructions file", path=str(path))
-        for lineno, row in enumerate(rows[1:], 2):
-            if not any(cell.strip() for cell in row):
-                continue
+        for lineno, row in rows[1:]:
             if len(row) < 5:
                 raise DataError("expected query_modality, cand_modality, dataset, dataset_id, prompt_1..4",
                                 path=str(path), line=lineno)

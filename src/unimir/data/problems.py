@@ -29,6 +29,8 @@ class Problems:
 
     strict: bool = False
     items: list[Problem] = field(default_factory=list)
+    #: things that are not skips but worth saying once per run (e.g. truncated texts): kind -> [count, message]
+    notices: dict[str, list] = field(default_factory=dict)
 
     def add(self, message: str, *, path: str | None = None, line: int | None = None,
             item: str | None = None, field_name: str | None = None) -> None:
@@ -38,6 +40,19 @@ class Problems:
         if field_name is not None:
             message = f"field {field_name!r}: {message}"
         self.items.append(Problem(path, line, item, message))
+
+    def notice(self, kind: str, message: str, count: int = 1) -> None:
+        """Count a non-fatal event; :meth:`report` states each kind once, with its total count."""
+        entry = self.notices.setdefault(kind, [0, message])
+        entry[0] += count
+
+    def notes(self) -> list[str]:
+        return [f"note: {count} {message}" for count, message in self.notices.values()]
+
+    def report(self, limit: int = 10) -> str:
+        """Skipped items (if any) and notices, for stderr at the end of a command; '' when there is nothing."""
+        lines = [self.summary(limit)] if self.items else []
+        return "\n".join(lines + self.notes())
 
     def __len__(self) -> int:
         return len(self.items)

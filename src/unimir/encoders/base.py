@@ -122,6 +122,13 @@ class Encoder(ABC):
     def embed_images(self, images: "list[Image.Image]", role: str = "candidate") -> np.ndarray:
         """float32 [n, dim], unit rows; images are RGB."""
 
+    #: longest text in tokens; longer texts are truncated (None: no limit, or unknown)
+    max_text_tokens: int | None = None
+
+    def count_over_length(self, texts: Sequence[str]) -> int:
+        """How many of ``texts`` the encoder truncates; 0 for encoders that do not know."""
+        return 0
+
     # ------------------------------------------------------------------------------------------------------
     def encode(self, items: Sequence[Item], role: str = "candidate", *, batch_size: int | None = None,
                progress: bool = False, cache: "EmbeddingCache | None" = None,
@@ -144,7 +151,12 @@ class Encoder(ABC):
                 problems.add("empty item: give a text, an image or both", item=it.name)
                 ok[i] = False
         if text_rows:
-            vecs = self._encode_texts([items[i].text for i in text_rows], role, batch_size, progress, cache)
+            texts = [items[i].text for i in text_rows]
+            vecs = self._encode_texts(texts, role, batch_size, progress, cache)
+            over = self.count_over_length(texts)
+            if over:
+                problems.notice("truncated", f"text(s) longer than the encoder's {self.max_text_tokens} tokens "
+                                "were truncated (only their beginning is searchable)", count=over)
             feats.text[text_rows] = vecs
             feats.text_mask[text_rows] = True
         if image_rows:
@@ -204,7 +216,9 @@ class Encoder(ABC):
             good_rows, images = [], []
             for i in rows:
                 try:
-                    images.append(open_image(items[i].image, name=items[i].name))
+                    source = items[i].image  # a file's path names the file; the item id goes in front anyway
+                    label = str(source) if isinstance(source, (str, os.PathLike)) else items[i].name
+                    images.append(open_image(source, name=label))
                     good_rows.append(i)
                 except UnimirError as exc:
                     problems.add(str(exc), item=items[i].name)
@@ -227,10 +241,19 @@ class Encoder(ABC):
         return out, good
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+def count_tokens_over(tokenizer, texts: Sequence[str], limit: int, batch: int = 1024) -> int:
+    """How many texts a Hugging Face tokenizer makes longer than ``limit`` tokens (special tokens included)."""
+    over = 0
+    for start in range(0, len(texts), batch):
+        ids = tokenizer(list(texts[start:start + batch]), truncation=False, verbose=False)["input_ids"]
+        over += sum(1 for row in ids if len(row) > limit)
+    return over
 
-    return tqdm(total=total, desc=desc, unit="item", disable=not enabled or total == 0, leave=False)
+
+def _progress(total: int, desc: str, enabled: bool):
+    from ..progress import progress_bar
+
+    return progress_bar(total, desc, enabled=enabled)
 
 
 def fingerprint_of(files: "Sequence[str | os.PathLike]", settings: dict) -> str:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..data.mbeir import InstructionTable, Qrels, read_qrels, read_queries
+from ..data.mbeir import InstructionTable, QrelsTable, read_qrels, read_queries
 from ..data.problems import Problems
 from ..data.records import Modality, Query
 from ..data.tasks import eval_set, task_name
+from ..errors import InvalidInputError
 from ..index import Index
+from ..progress import progress_bar
 from ..queries import load_instructions, mbeir_root, prepare_queries
 from .metrics import expected_hit_at_k, random_hit_at_k
 
@@ -33,12 +36,17 @@ class EvalResult:
     headline_k: int = 5
     pool: str = ""
     pool_size: int = 0
-    skipped_queries: int = 0
+    skipped_queries: int = 0  # queries of this task dropped: no positives, or an image that cannot be read
+    unreadable_lines: int = 0  # query-file lines that could not be read (no task known): on a file's first row
     missing_positives: int = 0  # relevant ids absent from the pool: they cap achievable recall
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def dropped_queries(self) -> int:
+        return self.skipped_queries + self.unreadable_lines
+
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "dropped_queries": self.dropped_queries}
 
 
 def evaluate(index: Index, query_files: Sequence["str | Path"], *, qrels: Sequence["str | Path"] = (),
@@ -56,24 +64,59 @@ def evaluate(index: Index, query_files: Sequence["str | Path"], *, qrels: Sequen
     protocol drops the reference image.
     """
     problems = problems if problems is not None else Problems()
-    relevant_map: Qrels = {}
+    if runs_dir is not None:
+        check_writable_dir(runs_dir, "--runs")  # before the work, not after it
+    relevant_map = QrelsTable()
     for path in qrels:
-        for qid, dids in read_qrels(path).items():
-            relevant_map.setdefault(qid, set()).update(dids)
+        relevant_map.merge(read_qrels(path, problems))
     results: list[EvalResult] = []
     for qfile in query_files:
         qfile = Path(qfile)
         data_root = Path(root) if root else mbeir_root(qfile) or index.root or qfile.parent
         table = load_instructions(instructions, data_root, seed)
+        before = len(problems)
         queries = read_queries(qfile, problems)
+        unreadable = len(problems) - before
         by_task: dict[int | None, list[Query]] = {}
         for q in queries:
             by_task.setdefault(q.task_id, []).append(q)
-        for task_id, group in sorted(by_task.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
-            results.append(_evaluate_group(index, qfile, task_id, group, relevant_map if qrels else None, data_root,
-                                           table, tuple(ks), mode, beams, batch_size, progress, runs_dir,
-                                           exclude_query, problems))
+        rows = [_evaluate_group(index, qfile, task_id, group, relevant_map if qrels else None, data_root, table,
+                                tuple(ks), mode, beams, batch_size, progress, runs_dir, exclude_query, problems)
+                for task_id, group in sorted(by_task.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))]
+        if not rows:  # nothing readable: still one row, so the file and its dropped count show
+            rows = [EvalResult(queries=qfile.name, task_id=None, mode=mode, num_queries=0, recall={}, random={},
+                               pool=index.path.name if index.path else "pool", pool_size=len(index))]
+        rows[0].unreadable_lines = unreadable
+        results += rows
     return results
+
+
+def check_writable_dir(path: "str | Path", what: str = "output folder") -> Path:
+    """Create ``path`` if needed and make sure files can be written in it; raise InvalidInputError otherwise."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InvalidInputError(f"{what} {path} cannot be used as a folder: a file is in the way") from None
+    except OSError as exc:
+        raise InvalidInputError(f"{what} {path} cannot be created ({exc.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"{what} {path} is not writable")
+    return path
+
+
+def check_writable_file(path: "str | Path", what: str = "output file") -> Path:
+    """Make sure ``path`` can be written (its folder exists and is writable; it is not a folder) without
+    creating it, so a long job fails before its work and not after."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise InvalidInputError(f"{what} {path} is a folder; give a file name")
+    if not parent.is_dir():
+        raise InvalidInputError(f"{what} {path} cannot be written: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InvalidInputError(f"{what} {path} is not writable")
+    return path
 
 
 def _evaluate_group(index, qfile, task_id, queries, relevant_map, data_root, table, ks, mode, beams, batch_size,
@@ -82,6 +125,11 @@ def _evaluate_group(index, qfile, task_id, queries, relevant_map, data_root, tab
                                problems=problems, source=str(qfile))
     feats, ok = index.encoder.encode(prepared.items, "query", progress=progress, problems=problems)
     prepared = prepared.keep(ok)
+    if not prepared.items:  # every query dropped: a row that says so, with no recall to misread
+        return EvalResult(queries=qfile.name, task_id=task_id, mode=mode, num_queries=0, recall={}, random={},
+                          task=task_name(task_id) if task_id is not None else "",
+                          pool=index.path.name if index.path else "pool", pool_size=len(index),
+                          skipped_queries=prepared.skipped, missing_positives=prepared.missing_positives)
     allowed = [(t,) if t else None for t in prepared.targets]
     duplicates = [index.duplicate_rows(q.query_txt, item.image) if exclude_query else set()
                   for q, item in zip(prepared.queries, prepared.items)]
@@ -90,7 +138,9 @@ def _evaluate_group(index, qfile, task_id, queries, relevant_map, data_root, tab
     hits: dict[int, list[float]] = {k: [] for k in ks}
     rand: dict[int, list[float]] = {k: [] for k in ks}
     run_lines: list[str] = []
+    tie_lines: list[str] = []
     pool_sizes = {None: len(index)} | {m: int((index.modality_codes == m.code).sum()) for m in Modality}
+    bar = progress_bar(len(prepared.items), f"search {qfile.stem} ({mode})", enabled=progress, unit="query")
     for start in range(0, len(prepared.items), batch_size):
         sl = slice(start, start + batch_size)
         depth = max(ks) + max((len(d) for d in duplicates[sl]), default=0)
@@ -105,13 +155,21 @@ def _evaluate_group(index, qfile, task_id, queries, relevant_map, data_root, tab
                 hits[k].append(expected_hit_at_k(ranking, is_rel, k))
                 rand[k].append(random_hit_at_k(pool_sizes[target], in_pool, k))
             if runs_dir is not None:
-                run_lines += [f"{q.qid} Q0 {d} {r + 1} {s:.6f} unimir-{mode} {task_id}"
+                # the standard six TREC columns (trec_eval, ir_measures, ranx); 9 significant digits keep float32
+                # scores distinct, so a tool that re-sorts by score sees the same order
+                run_lines += [f"{q.qid} Q0 {d} {r + 1} {s:.9g} unimir-{mode}"
                               for r, (d, s) in enumerate(zip(dids, ranking.scores))]
+                tie_lines += [f"{q.qid}\t{r + 1}\t{d}\t{g}" for r, (d, g) in enumerate(zip(dids, ranking.tie_groups))]
+        bar.update(len(rankings))
+    bar.close()
     pool_name = index.path.name if index.path else "pool"
     if runs_dir is not None:
-        out = Path(runs_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"{qfile.stem}.task{task_id}.{pool_name}.{mode}.run").write_text("\n".join(run_lines) + "\n")
+        out = check_writable_dir(runs_dir, "--runs")
+        name = f"{qfile.stem}.task{task_id}.{pool_name}.{mode}"
+        (out / f"{name}.run").write_text("\n".join(run_lines) + "\n", encoding="utf-8")
+        # tie groups (equal scores; their internal order means nothing) do not fit the six columns
+        (out / f"{name}.ties.tsv").write_text("qid\trank\tdid\ttie_group\n" + "\n".join(tie_lines) + "\n",
+                                              encoding="utf-8")
     mean = lambda xs: float(np.mean(xs)) if xs else 0.0  # noqa: E731
     target = prepared.targets[0] if prepared.targets else None
     return EvalResult(
@@ -129,11 +187,16 @@ def format_table(results: Sequence[EvalResult], *, baseline: bool = True) -> str
     if baseline:
         head += [f"rand@{k}" for k in ks]
     rows = [head]
+    dropped = any(r.dropped_queries for r in results)
+    if dropped:
+        head.insert(4, "dropped")
     for r in results:
         row = [r.queries.removesuffix(".jsonl"), r.task or "-", r.mode, str(r.num_queries), str(r.pool_size)]
-        row += [f"{100 * r.recall[str(k)]:.1f}" if str(k) in r.recall else "" for k in ks]
+        if dropped:
+            row.insert(4, str(r.dropped_queries))
+        row += [f"{100 * r.recall[str(k)]:.1f}" if str(k) in r.recall else "-" for k in ks]
         if baseline:
-            row += [f"{100 * r.random[str(k)]:.1f}" if str(k) in r.random else "" for k in ks]
+            row += [f"{100 * r.random[str(k)]:.1f}" if str(k) in r.random else "-" for k in ks]
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
@@ -153,7 +216,8 @@ def format_comparison(results: Sequence[EvalResult], reference: str = "dense") -
     for r in sorted(results, key=lambda r: (r.queries, r.task_id or 0, order[r.mode])):
         hk = str(r.headline_k)
         base = ref.get((r.queries, r.task_id))
-        ratio = (f"{r.recall[hk] / base.recall[hk]:.2f}" if base and base.recall.get(hk) else "-")
+        ratio = (f"{r.recall[hk] / base.recall[hk]:.2f}" if base and base.recall.get(hk) and hk in r.recall
+                 else "-")
         rows.append([r.task or r.queries, r.mode] + [f"{100 * r.recall[str(k)]:.1f}" if str(k) in r.recall else ""
                                                      for k in ks] + [f"R@{hk}", ratio])
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
@@ -163,6 +227,11 @@ def format_comparison(results: Sequence[EvalResult], reference: str = "dense") -
     return "\n".join(lines)
 
 
-def write_json(results: Sequence[EvalResult], path: "str | Path") -> None:
-    Path(path).write_text(json.dumps({"results": [r.to_json() for r in results]}, indent=2))
+def write_json(results: Sequence[EvalResult], path: "str | Path", problems: Problems | None = None) -> None:
+    """``{"results": [...], "dropped_queries": N, "problems": [...]}``; each result has its own dropped count."""
+    body: dict[str, Any] = {"results": [r.to_json() for r in results],
+                            "dropped_queries": sum(r.dropped_queries for r in results)}
+    if problems is not None:
+        body["problems"] = [str(p) for p in problems.items] + problems.notes()
+    Path(path).write_text(json.dumps(body, indent=2, ensure_ascii=False), encoding="utf-8")
 

@@ -31,6 +31,7 @@ from .store import REBUILD, Manifest, checksums, commit_manifest, generation_nam
 MODES = ("dense", "generative", "generative-rerank", "quantize")
 MAX_K = 1000
 DEFAULT_BEAMS = 50  # the paper's B; fewer distinct IDs than beams is handled by the decoder
+MAX_BEAMS = 256  # one limit for the CLI, the Python API and the server: beam search memory grows with B
 INDEX_MEDIA = "index:"  # img_path prefix of images stored inside the index directory (uploads)
 
 
@@ -107,17 +108,19 @@ class Index:
     def build(cls, source: "str | Path | Sequence[Candidate]", out: "str | Path | None" = None, *,
               root: "str | Path | None" = None, encoder: "str | Encoder" = "builtin", index: str = "flat",
               fusion_weights: tuple[float, float] = (1.0, 1.0), problems: Problems | None = None,
-              progress: bool = False, batch_size: int | None = None, cache: bool = True) -> "Index":
+              progress: bool = False, batch_size: int | None = None, cache: bool = True,
+              allow_outside_root: bool = False) -> "Index":
         """Encode a pool (M-BEIR jsonl, image folder, text file, or a list of Candidate) into a new index.
 
         Bad items (missing or corrupt images, malformed lines) are skipped and recorded in ``problems``;
         pass ``Problems(strict=True)`` to fail on the first one. Saved atomically to ``out`` when given.
+        Image paths that leave the data root are refused unless ``allow_outside_root``.
         """
         problems = problems if problems is not None else Problems()
         if out is not None:
             previous_manifest(Path(out))  # refuse a folder that is not an index before any encoding work
         if isinstance(source, (str, Path)):
-            candidates, root_path = load_pool(source, root, problems)
+            candidates, root_path = load_pool(source, root, problems, allow_outside_root=allow_outside_root)
         else:
             candidates, root_path = list(source), Path(root or ".").resolve()
         enc = load_encoder(encoder) if isinstance(encoder, str) else encoder
@@ -128,7 +131,8 @@ class Index:
         idx = cls(manifest, [], Features.empty(enc.dim), [], DenseIndex(enc.dim, spec), root=root_path, encoder=enc)
         idx.add(candidates, problems=problems, progress=progress, batch_size=batch_size, cache=cache, save=False)
         if not idx.candidates:
-            raise InvalidInputError("no item could be indexed" + (f":\n{problems.summary()}" if len(problems) else ""))
+            raise InvalidInputError("no item could be indexed" + (f": {len(problems)} skipped, the first: "
+                                                                  f"{problems.items[0]}" if len(problems) else ""))
         if out is not None:
             idx.save(out)
         return idx
@@ -481,7 +485,7 @@ class Index:
         list / 'image|text'); ``exclude_query`` drops candidates identical to the query (same image bytes or
         same text). Scores are cosines for dense mode and log-probabilities for generative modes."""
         t0 = time.perf_counter()
-        self._check_request(k, mode)
+        self._check_request(k, mode, beams)
         has_text = text is not None and text.strip() != ""
         if not has_text and image is None:
             raise InvalidInputError("empty query: give a text, an image or both")
@@ -503,22 +507,25 @@ class Index:
                         mode: str = "dense", beams: int | None = None) -> list[Ranking]:
         """Batch search with encoded queries. ``allowed``: per query, the candidate modalities to consider
         (None = any). Returns one :class:`Ranking` per query with tie groups whole (see ``Ranking``)."""
-        self._check_request(k, mode)
+        self._check_request(k, mode, beams)
         codes = [None if a is None else tuple(m.code for m in a) for a in allowed]
         if mode == "dense":
             return self.dense.search(queries.fused(self.manifest.fusion_weights), k, codes)
-        return self.generative.search(queries, codes, k=k, mode=mode, beams=beams or DEFAULT_BEAMS,
+        return self.generative.search(queries, codes, k=k, mode=mode, beams=DEFAULT_BEAMS if beams is None else beams,
                                       query_fused=queries.fused(self.manifest.fusion_weights),
                                       cand_fused=self.fused)
 
-    def _check_request(self, k: int, mode: str) -> None:
+    def _check_request(self, k: int, mode: str, beams: int | None = None) -> None:
         if mode not in MODES:
             raise InvalidInputError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
         if mode not in self.modes:
             raise InvalidInputError(f"mode {mode!r} needs a trained generative model: run 'unimir train' on this "
                                     "index first")
-        if not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
             raise InvalidInputError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+        if beams is not None and (isinstance(beams, bool) or not isinstance(beams, (int, np.integer))
+                                  or not 1 <= beams <= MAX_BEAMS):
+            raise InvalidInputError(f"beams must be an integer from 1 to {MAX_BEAMS}, got {beams!r}")
 
     def duplicate_rows(self, text: str | None, image: "str | Path | bytes | None") -> set[int]:
         """Rows identical to a query: the same image bytes, or a text-only item with the same (formatted) text.

@@ -7,7 +7,9 @@ Both go through one :class:`~unimir.serve.backend.SearchBackend`.
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +31,7 @@ class MissingServerDependency(UnimirError):
 def _require_server_packages() -> None:
     try:
         import fastapi  # noqa: F401
+        import fastapi_offline  # noqa: F401  (Swagger UI's files for /docs, no CDN)
         import python_multipart  # noqa: F401  (form uploads)
         import uvicorn  # noqa: F401
     except ImportError as exc:
@@ -47,16 +50,54 @@ def create_app(index: "Index", max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
 
 def serve(index_dir: "str | Path", host: str = "127.0.0.1", port: int = 8000, root: "str | Path | None" = None,
           max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
-    """Load the index at ``index_dir`` (``root`` overrides its data root) and serve it until interrupted."""
+    """Load the index at ``index_dir`` (``root`` overrides its data root) and serve it until interrupted.
+
+    The port is bound first, so a busy port fails at once with one line, before the index is loaded and before
+    anything claims to be serving.
+    """
     _require_server_packages()
     import uvicorn
 
     from ..index import Index
 
-    index = Index.load(Path(index_dir), root=root)
-    app = create_app(index, max_upload_bytes, warm_up=True)
-    logging.getLogger("unimir.serve").setLevel(logging.INFO)
-    shown = f"[{host}]" if ":" in host else host
-    print(f"unimir: serving {len(index)} items from {index_dir} on http://{shown}:{port}/ "
-          f"(API docs at /docs; modes: {', '.join(index.modes)})", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=30, server_header=False)
+    sock = bind_socket(host, port)
+    try:
+        index = Index.load(Path(index_dir), root=root)
+        app = create_app(index, max_upload_bytes, warm_up=True)
+        logging.getLogger("unimir.serve").setLevel(logging.INFO)
+        config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_keep_alive=30,
+                                server_header=False)
+        shown = f"[{host}]" if ":" in host else host
+        print(f"unimir: serving {len(index)} items from {index_dir} on http://{shown}:{port}/ "
+              f"(API docs at /docs; modes: {', '.join(index.modes)})", flush=True)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on (host, port), or a one-line UnimirError saying why not."""
+    if not 1 <= port <= 65535:
+        raise PortError(f"port must be from 1 to 65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise PortError(f"cannot listen on {host!r}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortError(f"port {port} on {host} is already in use: stop the other server or pass --port") \
+                from None
+        raise PortError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class PortError(UnimirError):
+    http_status = 500

@@ -17,12 +17,14 @@ from urllib.parse import unquote
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
+from ..data.textio import invalid_unicode_field
 from ..errors import InvalidInputError, PayloadTooLargeError, UnimirError
 from ..index import Index
 from .backend import DEFAULT_MAX_UPLOAD_BYTES, MAX_THUMB, MIN_THUMB, SearchBackend
@@ -34,6 +36,7 @@ STATIC_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javasc
 PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
             "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+DOCS_ASSETS = "/docs-assets"
 
 
 # --- OpenAPI documentation models (requests are parsed by the backend: JSON and multipart share one parser) ---
@@ -121,8 +124,10 @@ def create_app(index: Index, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, *
     if warm_up:
         backend.warm_up()
     static = _load_static()
-    app = FastAPI(title="unimir search", version=_version(),
-                  description="Multimodal search over a unimir index: text, image or both, any to any.")
+    # /docs and /redoc load Swagger UI and ReDoc from the files fastapi-offline ships (under DOCS_ASSETS), never
+    # from a CDN, so the API page works on an offline machine
+    app = FastAPIOffline(title="unimir search", version=_version(), static_url=DOCS_ASSETS,
+                         description="Multimodal search over a unimir index: text, image or both, any to any.")
     app.state.backend = backend
     # a JSON search with a base64 image is 4/3 of the image; multipart adds a little framing
     body_limit = backend.max_upload_bytes * 4 // 3 + 64 * 1024
@@ -241,8 +246,13 @@ async def _fields(request: Request, max_upload_bytes: int) -> dict[str, Any]:
             data = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InvalidInputError(f"the body is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise InvalidInputError("the JSON body is nested too deeply") from None
         if not isinstance(data, dict):
             raise InvalidInputError("the JSON body must be an object")
+        bad = invalid_unicode_field(data)
+        if bad:
+            raise InvalidInputError(f"field {bad!r} is not valid Unicode (a lone surrogate such as \\ud800)")
         return data
     if ctype in FORM_TYPES:
         try:

@@ -33,7 +33,7 @@ from ..data.images import bytes_digest, open_image
 from ..data.records import Candidate, Modality, parse_modalities
 from ..errors import InvalidInputError, NotFoundError, PayloadTooLargeError, UnimirError
 from ..index import Index
-from ..index.index import MAX_K
+from ..index.index import MAX_BEAMS, MAX_K
 from .batching import BatchingEncoder
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -41,7 +41,6 @@ MAX_TEXT_CHARS = 20_000        # longer texts are refused (encoders truncate far
 MAX_ID_CHARS = 512
 MAX_IMAGE_PIXELS = 40_000_000  # refuse giant canvases before decoding them (PIL only errors at 2x its limit)
 MIN_THUMB, MAX_THUMB = 16, 1024
-MAX_BEAMS = 256
 
 #: query presets for the M-BEIR task types: (label, query modality, candidate filter, instruction)
 PRESETS: list[dict[str, str]] = [
