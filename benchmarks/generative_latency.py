@@ -132,8 +132,7 @@ def run(quick: bool = False, threads: int | None = None, beams: int = 50, rounds
     for row in rows:
         row["dense_p50_ms"] = _dense_ms(row["pool"], fused, dense_rng)
     return {"rows": rows, "threads": torch.get_num_threads(), "load_start": load_start, "load_end": load_end,
-            "machine": machine.describe(), "beams": beams, "command": " ".join(["python -m benchmarks.generative_latency"]
-                                                                               + sys.argv[1:])}
+            "machine": machine.describe(), "beams": beams}
 
 
 def _callgrind_child(size: int, n: int, beams: int) -> None:

@@ -3,14 +3,15 @@
 Runs ``model.t5.decoder``'s weights step by step (eval mode), organised for beams kept as a dense [q, W] grid
 (W beams per query, padding beams included): the cross-attention keys and values are computed once per query and
 shared by all its beams, instead of being copied to and reordered with every beam as a generic KV cache does; only
-the self-attention cache follows the beams, one tensor for all layers, so a reorder is one ``index_select``.
+the self-attention cache follows the beams, one tensor for all layers and steps, so a reorder is one
+``index_select`` of the steps filled so far.
 
-Per step and layer it issues few kernels (a fused q/k/v projection, RMSNorm weights folded into the projections
-that follow them, residual adds fused into ``addmm`` / ``baddbmm``, cross-attention folded into two per-query
-matrices), since at batch 1 the decoder's cost is mostly the number of kernel calls, and at large batches
-arithmetic, which the folding also cuts. The fused weights are cached per model and rebuilt when a weight changes (tensor
-version counters), so training between searches is safe. ``reference_beam_search`` (transformers' ``generate``)
-and a plain loop check it in the tests.
+Per step and layer it issues few kernels (RMSNorm weights folded into the projections that follow them, keys and
+values written straight into the cache, residual adds fused into ``addmm`` / ``baddbmm``, cross-attention folded
+into two per-query matrices), since at batch 1 the decoder's cost is mostly the number of kernel calls, and at
+large batches arithmetic, which the folding also cuts. The fused weights are cached per model and rebuilt when a
+weight changes (tensor version counters), so training between searches is safe. ``reference_beam_search``
+(transformers' ``generate``) and a plain loop check it in the tests.
 """
 
 from __future__ import annotations
