@@ -17,7 +17,9 @@ run: their ratio says how close the decoder comes to what the CPU can do.
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,7 +32,7 @@ from unimir.generator import (
     reference_beam_search,
 )
 
-from . import decoder_work
+from . import decoder_work, machine
 
 
 def _model(config: GeneratorConfig, seed: int = 0) -> IDGenerator:
@@ -118,8 +120,12 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--json", type=Path, default=None, help="also write the rows and the arithmetic here")
     args = p.parse_args()
     rows = run(args.quick, args.threads, args.rounds)
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "arithmetic": paper_arithmetic(),
+                                         "machine": machine.describe()}, indent=1, default=str))
     print(f"constrained beam search, CPU-default generator, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, float32")
     print(format_rows(rows))

@@ -39,17 +39,18 @@ def count_work(trie: SemanticIDTrie | None = None) -> Iterator[Work]:
     work = Work()
     step = decoding_module.BeamDecoder.step
 
-    def counted_step(self, tokens):
+    def counted_step(self, tokens, *args):
         work.rows_per_step.append(int(tokens.shape[0]))
-        return step(self, tokens)
+        return step(self, tokens, *args)
 
     decoding_module.BeamDecoder.step = counted_step
     mask = None
     if trie is not None:
         mask = trie.allowed_mask
+        bitmaps = getattr(trie, "bitmaps", None)  # absent in the decoder before bitmaps (a baseline run)
 
         def counted_mask(level, nodes):
-            work.masks.append((level, int(nodes.shape[0]), trie.bitmaps[level] is not None))
+            work.masks.append((level, int(nodes.shape[0]), bitmaps is not None and bitmaps[level] is not None))
             return mask(level, nodes)
 
         trie.allowed_mask = counted_mask

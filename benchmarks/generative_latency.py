@@ -20,8 +20,10 @@ interleaved. Work counts per query: decoder rows per step and trie-mask layout (
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -105,8 +107,9 @@ def run(quick: bool = False, threads: int | None = None, beams: int = 50, rounds
     for size in sizes:
         t = np.asarray(times[size])
         trie = retrievers[size].trie
+        counted = min(20, rounds + warmup)
         with decoder_work.count_work(trie) as work:
-            for i in range(20):
+            for i in range(counted):
                 search(size, i)
         per_query = [m for m in work.masks]
         rows.append({
@@ -115,17 +118,16 @@ def run(quick: bool = False, threads: int | None = None, beams: int = 50, rounds
             "vs_smallest": float(np.median(t) / np.median(small)),
             "paired_vs_smallest": float(np.median(t / small)),
             "paired_iqr": [float(np.percentile(t / small, 25)), float(np.percentile(t / small, 75))],
-            "rows_per_step": [r / 20 for r in np.sum(np.reshape(work.rows_per_step, (20, -1)), axis=0)],
+            "rows_per_step": np.reshape(work.rows_per_step, (counted, -1)).mean(0).tolist(),
             "mask_layouts": sorted({(lv, "bitmap" if bitmap else "CSR") for lv, _, bitmap in per_query}),
-            "bitmap_bytes": int(sum(b.nbytes for b in trie.bitmaps if b is not None)),
-            "aten_calls": decoder_work.aten_calls(lambda: search(size, 0), 20),
+            "bitmap_bytes": int(sum(b.nbytes for b in getattr(trie, "bitmaps", []) if b is not None)),
+            "aten_calls": decoder_work.aten_calls(lambda: search(size, 0), counted),
         })
-    if callgrind and decoder_work.callgrind_available():
-        for row in rows:
-            n = 5
+    if callgrind and decoder_work.callgrind_available():  # smallest and largest pool only: minutes each
+        n = 4
+        for row in (rows[0], rows[-1]):
             row["instructions"] = decoder_work.callgrind_instructions(
                 "benchmarks.generative_latency", ["--callgrind-child", str(row["pool"]), str(n), str(beams)]) / n
-        for row in rows:
             row["instructions_vs_smallest"] = row["instructions"] / rows[0]["instructions"]
     dense_rng = np.random.default_rng(1)
     fused = queries.fused()[:min(rounds, 100)]
@@ -170,8 +172,11 @@ def main() -> None:
     p.add_argument("--beams", type=int, default=50)
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--callgrind", action="store_true", help="also count instructions under valgrind (slow)")
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = p.parse_args()
     result = run(args.quick, args.threads, args.beams, args.rounds, args.callgrind)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1, default=str))
     print(f"per-query latency (ms), batch 1, k = 10, {result['beams']} beams, torch {torch.__version__}, "
           f"{result['threads']} threads, float32, load {result['load_start']} -> {result['load_end']}")
     print(format_rows(result))
