@@ -58,9 +58,18 @@ def _interleaved(fns: dict, rounds: int) -> tuple[dict[str, np.ndarray], dict]:
 
 
 def run(quick: bool = False, threads: int | None = None, rounds: int | None = None) -> list[dict]:
-    """One row per beam width: queries/s of both decoders on the same batch of queries, and the speed-up."""
+    """One row per beam width: queries/s of both decoders on the same batch of queries, and the speed-up (torch's
+    thread count is restored afterwards)."""
+    previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    try:
+        return _run(quick, rounds)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(quick: bool, rounds: int | None) -> list[dict]:
     config = GeneratorConfig()
     model = _model(config)
     n_ids, n_queries = (2000, 16) if quick else (5000, 64)

@@ -80,8 +80,18 @@ def _dense_ms(size: int, queries: np.ndarray, rng: np.random.Generator) -> float
 
 def run(quick: bool = False, threads: int | None = None, beams: int = 50, rounds: int | None = None,
         callgrind: bool = False) -> dict:
+    """Interleaved latency rounds, work counts and dense latency per pool size (torch's thread count is restored
+    afterwards, so the suite can call this between other sections)."""
+    previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    try:
+        return _run(quick, beams, rounds, callgrind)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(quick: bool, beams: int, rounds: int | None, callgrind: bool) -> dict:
     sizes = QUICK_SIZES if quick else SIZES
     rounds = rounds or (60 if quick else 300)
     warmup = 3
