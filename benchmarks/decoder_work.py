@@ -157,13 +157,9 @@ def callgrind_instructions(module: str, args: list[str], timeout: float = 3600) 
         subprocess.run(["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}.%p",
                         sys.executable, "-m", module, *args], env=env, check=True, timeout=timeout,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        total = 0
-        for dump in folder.glob("callgrind.out.*"):
-            for line in dump.read_text(errors="replace").splitlines():
-                if line.startswith("summary:") or line.startswith("totals:"):
-                    total += int(line.split()[1])
-                    break
-        return total
+        # each dump's "totals:" line (its "summary:" header can read 0 when counting was switched on later)
+        return sum(int(line.split()[1]) for dump in folder.glob("callgrind.out.*")
+                   for line in dump.read_text(errors="replace").splitlines() if line.startswith("totals:"))
 
 
 def mean_rows(works: list[Work]) -> list[float]:
