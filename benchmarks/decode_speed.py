@@ -132,6 +132,8 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None, help="also write the rows and the arithmetic here")
     args = p.parse_args()
     rows = run(args.quick, args.threads, args.rounds)
+    if args.threads:  # the matmul rates beside the arithmetic, at the thread count the rows were measured with
+        torch.set_num_threads(args.threads)
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "arithmetic": paper_arithmetic(),
                                          "machine": machine.describe()}, indent=1, default=str))
