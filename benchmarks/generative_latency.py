@@ -79,19 +79,19 @@ def _dense_ms(size: int, queries: np.ndarray, rng: np.random.Generator) -> float
 
 
 def run(quick: bool = False, threads: int | None = None, beams: int = 50, rounds: int | None = None,
-        callgrind: bool = False) -> dict:
+        callgrind: bool = False, dense: bool = True) -> dict:
     """Interleaved latency rounds, work counts and dense latency per pool size (torch's thread count is restored
     afterwards, so the suite can call this between other sections)."""
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _run(quick, beams, rounds, callgrind)
+        return _run(quick, beams, rounds, callgrind, dense)
     finally:
         torch.set_num_threads(previous)
 
 
-def _run(quick: bool, beams: int, rounds: int | None, callgrind: bool) -> dict:
+def _run(quick: bool, beams: int, rounds: int | None, callgrind: bool, dense: bool) -> dict:
     sizes = QUICK_SIZES if quick else SIZES
     rounds = rounds or (60 if quick else 300)
     warmup = 3
@@ -141,7 +141,7 @@ def _run(quick: bool, beams: int, rounds: int | None, callgrind: bool) -> dict:
             row["instructions_vs_smallest"] = row["instructions"] / rows[0]["instructions"]
     dense_rng = np.random.default_rng(1)
     fused = queries.fused()[:min(rounds, 100)]
-    for row in rows:
+    for row in rows if dense else []:
         row["dense_p50_ms"] = _dense_ms(row["pool"], fused, dense_rng)
     return {"rows": rows, "threads": torch.get_num_threads(), "load_start": load_start, "load_end": load_end,
             "machine": machine.describe(), "beams": beams}
@@ -168,7 +168,7 @@ def format_rows(result: dict) -> str:
         lines.append(f"{r['pool']:>9} {r['distinct_ids']:>9} {r['p50_ms']:>7.2f} {r['p95_ms']:>7.2f} "
                      f"{r['vs_smallest']:>6.3f}x {r['paired_vs_smallest']:>6.3f}x "
                      f"{str([round(x, 1) for x in r['rows_per_step']]):>16} {r['aten_calls']:>6.0f} {instr} "
-                     f"{r['dense_p50_ms']:>8.2f}")
+                     f"{r.get('dense_p50_ms', float('nan')):>8.2f}")
     return "\n".join(lines)
 
 

@@ -56,7 +56,7 @@ def _latency_table(lat: dict) -> list[str]:
                      f"**{r['vs_smallest']:.3f}x** | {r['paired_vs_smallest']:.3f}x ({r['paired_iqr'][0]:.2f}–"
                      f"{r['paired_iqr'][1]:.2f}) | {', '.join(f'{x:g}' for x in r['rows_per_step'])} | "
                      f"{', '.join(layout for _, layout in r['mask_layouts'])} | {r['aten_calls']:,.0f} | {instr} | "
-                     f"{_f(r['dense_p50_ms'])} |")
+                     f"{_f(r['dense_p50_ms']) if 'dense_p50_ms' in r else '–'} |")
     return lines
 
 

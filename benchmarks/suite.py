@@ -83,7 +83,8 @@ def _footprint(run: Run) -> dict:
 
 def _decoding(run: Run) -> dict:
     # pool-size dependence of plain generative latency, interleaved rounds (the scaling section times sizes apart)
-    return {"rows": decode_speed.run(run.quick), "pool_latency": generative_latency.run(quick=True, threads=1)}
+    return {"rows": decode_speed.run(run.quick),
+            "pool_latency": generative_latency.run(quick=True, threads=1, dense=False)}
 
 
 def execute(quick: bool, sections: tuple[str, ...] = SECTIONS) -> dict:
