@@ -370,11 +370,25 @@ def decoding(r: dict, ctx: Context) -> str:
         "the reference decoder (transformers `generate` with a per-beam `prefix_allowed_tokens_fn`, GENIUS's "
         "approach), on the same CPU-default generator (random weights: decoding cost does not depend on "
         f"training), a pool of {num(first['pool_ids'])} random IDs and a batch of {first['batch']} queries, "
-        f"float32, {first['threads']} threads. Each figure is the best of {first.get('repeats', '?')} timed "
-        f"call(s) for unimir and {first.get('reference_repeats', '?')} for the reference, after one untimed call "
-        "each; *same IDs* checks that both return the same IDs in the same order."),
+        f"float32, {first['threads']} threads. The two decoders run in alternating calls, "
+        f"{first.get('repeats', '?')} rounds after one untimed call each, and queries/s come from the median call; "
+        "*same IDs* checks that both return the same IDs in the same order. `benchmarks/generative_speed.py` "
+        "gives the arithmetic behind these figures (docs/bench/generative-speed.md)."),
         table(["beams", "pool IDs", "batch", "unimir q/s", "reference q/s", "speed-up", "same IDs"], rows),
-        ctx.figure(lambda dd: plots.decoding(d, dd), "decoding queries/s against beams")])
+        ctx.figure(lambda dd: plots.decoding(d, dd), "decoding queries/s against beams")] + _pool_latency(d))
+
+
+def _pool_latency(d: dict) -> list[str]:
+    lat = d.get("pool_latency")
+    if not lat:
+        return []
+    rows = [[num(r["pool"]), num(r["distinct_ids"]), num(r["p50_ms"], 2), num(r["vs_smallest"], 3) + "×",
+             ", ".join(f"{x:g}" for x in r["rows_per_step"])] for r in lat["rows"]]
+    return [(f"**Generative latency against pool size, interleaved** (`benchmarks/generative_latency.py --quick`): "
+             f"batch 1, {lat['beams']} beams, random IDs of 3 x 256 codes, {lat['rows'][0]['rounds']} rounds that "
+             f"search the same query on every pool in alternating order, {lat['threads']} torch thread(s); load "
+             f"average {lat['load_start'][0]:.1f} -> {lat['load_end'][0]:.1f}."),
+            table(["pool", "distinct IDs", "p50 ms", "p50 / smallest", "decoder rows per step"], rows)]
 
 
 def server(r: dict) -> str:

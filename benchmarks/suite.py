@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from . import decode_speed, demo_index, encode, footprint, load_server, machine, quality, scaling
+from . import decode_speed, demo_index, encode, footprint, generative_latency, load_server, machine, quality, scaling
 from .report import render
 from .targets import targets
 from .timing import Stopwatch
@@ -82,7 +82,9 @@ def _footprint(run: Run) -> dict:
 
 
 def _decoding(run: Run) -> dict:
-    return {"rows": decode_speed.run(run.quick)}
+    # pool-size dependence of plain generative latency, interleaved rounds (the scaling section times sizes apart)
+    return {"rows": decode_speed.run(run.quick),
+            "pool_latency": generative_latency.run(quick=True, threads=1, dense=False)}
 
 
 def execute(quick: bool, sections: tuple[str, ...] = SECTIONS) -> dict:

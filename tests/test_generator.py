@@ -175,6 +175,26 @@ def test_fast_beam_search_equals_reference(model, n_ids, beams):
     assert (fast.ids[~valid] == -1).all() and (fast.leaves[~valid] == -1).all()
 
 
+def test_fast_decoder_follows_weight_changes(model):
+    """The fused decoding weights are cached per model: an in-place change (an optimiser step, a load) must be seen
+    by the next search, checked against the plain loop, which reads the modules directly."""
+    changed = IDGenerator(CONFIG, seed=3)
+    changed.load_state_dict(model.state_dict())
+    changed.eval()
+    codes = random_codes(120, 21)
+    trie = SemanticIDTrie(codes, (3,) + (K,) * L)
+    z = queries(2, 22)
+    before = constrained_beam_search(changed, z, trie, 6)
+    with torch.no_grad():
+        changed.t5.decoder.block[1].layer[2].DenseReluDense.wi.weight.mul_(-2.0)
+        changed.t5.decoder.final_layer_norm.weight.add_(0.5)
+    after = constrained_beam_search(changed, z, trie, 6)
+    for q, expected in enumerate(plain_beam_search(changed, z, codes, 6)):
+        assert [tuple(row) for row in after.ids[q].tolist()] == [ids for ids, _ in expected]
+        np.testing.assert_allclose(after.scores[q], [score for _, score in expected], atol=1e-4)
+    assert not np.allclose(before.scores, after.scores)
+
+
 def test_returned_ids_exist_and_are_distinct(model):
     codes = random_codes(150, 7)
     trie = SemanticIDTrie(codes, (3,) + (K,) * L)

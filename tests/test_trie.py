@@ -8,6 +8,7 @@ import torch
 
 from unimir.errors import InvalidInputError
 from unimir.generator import SemanticIDTrie
+from unimir.generator import trie as trie_module
 
 SIZES = (3, 5, 4, 6)
 
@@ -45,6 +46,35 @@ def test_masks_match_brute_force_prefix_sets(n, seed):
         for row, path in zip(mask.tolist(), paths):
             expected = [(path + (c,)) in children for c in range(SIZES[level])]
             assert row == expected, (level, path)
+
+
+@pytest.mark.parametrize("layout", ["bitmap", "csr", "auto"])
+@pytest.mark.parametrize("n,seed,sizes", [(60, 11, SIZES), (400, 12, SIZES), (500, 13, (3, 19, 9, 70))])
+def test_bitmap_and_csr_masks_and_child_nodes_match_brute_force(monkeypatch, layout, n, seed, sizes):
+    """Both mask layouts (packed bitmaps for dense levels, CSR child lists for sparse ones) and the size rule that
+    picks between them, with code counts that are and are not multiples of 8, against brute-force prefix sets;
+    child nodes read from the mask against the node that ``advance`` (a search over the sorted keys) finds."""
+    if layout == "csr":
+        monkeypatch.setattr(SemanticIDTrie, "_bitmap", lambda self, level: None)
+    monkeypatch.setattr(trie_module, "BITMAP_MIN_BYTES", 1 << 30 if layout == "bitmap" else 0)
+    codes = random_codes(n, seed, sizes)
+    trie = SemanticIDTrie(codes, sizes)
+    kept = [b is not None for b in trie.bitmaps]
+    row_bytes = [(s + 7) // 8 for s in sizes]
+    assert kept == ([layout == "bitmap"] * len(sizes) if layout != "auto" else
+                    [trie.num_nodes(lv) * row_bytes[lv] <= trie.child_codes[lv].nbytes for lv in range(len(sizes))])
+    for level in range(len(sizes)):
+        paths = sorted(prefixes(codes, level))
+        nodes = torch.tensor([walk(trie, p) for p in paths], dtype=torch.long)
+        order = torch.randperm(len(nodes), generator=torch.Generator().manual_seed(seed))
+        nodes, paths = nodes[order], [paths[i] for i in order.tolist()]  # rows in any order, as beams are
+        mask = trie.allowed_mask(level, nodes)
+        children = prefixes(codes, level + 1)
+        expected = torch.tensor([[(path + (c,)) in children for c in range(sizes[level])] for path in paths])
+        assert torch.equal(mask, expected) and torch.equal(mask, trie._csr_mask(level, nodes))
+        rows, picked = torch.nonzero(mask, as_tuple=True)
+        np.testing.assert_array_equal(trie.child_nodes(level, nodes, mask, rows, picked).numpy(),
+                                      trie.advance(level, nodes[rows], picked).numpy())
 
 
 def test_leaves_are_sorted_distinct_ids_and_buckets_cover_every_row():

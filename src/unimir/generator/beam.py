@@ -1,9 +1,11 @@
 """Trie-constrained beam search over IDs (``genius-method.md`` §5.2, §8.3).
 
-``constrained_beam_search`` is the fast decoder: all queries x beams advance together, one decoder step per level
-(``BeamDecoder``: KV cache, cross-attention shared by a query's beams), logits only over the level's K codes, one
-batched mask and one ``searchsorted`` per step. Only live beams are computed: a query has 1 beam at step 0 and at
-most 3 at step 1 (the modalities), not B.
+``constrained_beam_search`` is the fast decoder: all queries x beams advance together as a dense [q, W] grid, one
+decoder step per level (``BeamDecoder``: KV cache, cross-attention shared by a query's beams), logits only over the
+level's K codes, one batched trie mask per step, from which the beams' child nodes are read too (no search over the
+pool). W is the most beams any query can fill, so a query has 1 beam at step 0 and at most 3 at step 1 (the
+modalities), not B; a query with fewer extensions than W carries padding beams scored -inf. The work per step is
+[q * W, K] whatever the pool size (see ``SemanticIDTrie.allowed_mask``).
 ``reference_beam_search`` runs the same model through transformers' ``generate`` with a per-beam Python
 ``prefix_allowed_tokens_fn`` (GENIUS's reference approach); tests and the speed benchmark compare the two.
 ``residual_beam_search`` quantises a vector with the codebooks alone (the generator-free baseline).
@@ -64,64 +66,58 @@ def first_code_mask(first_codes, n_queries: int, n_first: int, device: torch.dev
 
 @dataclass
 class _Beams:
-    """The live beams of all queries, grouped by query and best first within a query (R rows)."""
+    """The beams of all queries as a dense grid: W per query, best first, padding beams (score -inf) last."""
 
-    query: torch.Tensor  # int64 [R], non-decreasing
-    node: torch.Tensor  # int64 [R], trie node at the current level
-    score: torch.Tensor  # float32 [R]
-    history: torch.Tensor  # int64 [R, levels so far]
+    node: torch.Tensor  # int64 [q, W], trie node at the current level (arbitrary but in range for padding)
+    score: torch.Tensor  # float32 [q, W]
+    history: torch.Tensor  # int64 [q, W, levels so far]
 
     @staticmethod
     def start(n_queries: int, device: torch.device) -> "_Beams":
-        return _Beams(torch.arange(n_queries, device=device), torch.zeros(n_queries, dtype=torch.long, device=device),
-                      torch.zeros(n_queries, device=device),
-                      torch.zeros(n_queries, 0, dtype=torch.long, device=device))
+        return _Beams(torch.zeros(n_queries, 1, dtype=torch.long, device=device),
+                      torch.zeros(n_queries, 1, device=device),
+                      torch.zeros(n_queries, 1, 0, dtype=torch.long, device=device))
 
-    def first_rows(self, n_queries: int) -> torch.Tensor:
-        """Row where each query's beams start: int64 [q]."""
-        counts = torch.bincount(self.query, minlength=n_queries)
-        return torch.cumsum(counts, 0) - counts
-
-    def slots(self, n_queries: int) -> torch.Tensor:
-        """Rank of each row within its query: int64 [R]."""
-        return torch.arange(len(self.query), device=self.query.device) - self.first_rows(n_queries)[self.query]
+    @property
+    def width(self) -> int:
+        return self.node.shape[1]
 
 
-def _step(trie: SemanticIDTrie, level: int, beams: _Beams, totals: torch.Tensor, n_queries: int, width: int,
+def _step(trie: SemanticIDTrie, level: int, beams: _Beams, totals: torch.Tensor, width: int,
           first_mask: torch.Tensor | None) -> tuple[_Beams, torch.Tensor]:
-    """Extend every live beam by one code and keep each query's best ``width`` extensions that exist in the trie.
+    """Extend every beam by one code and keep each query's best ``width`` extensions that exist in the trie.
 
-    totals: float [R, W], the score of each one-code extension of each row. Returns the new beams and, for each,
-    its parent row (int64 [R']), with which the caller reorders its per-row state (KV cache, residuals).
+    totals: float [q * W, K], the score of each one-code extension of each row (-inf rows are padding). Returns
+    the new beams (W' = the most any query can fill, at most ``width``) and, for each, its parent row (int64
+    [q * W']), with which the caller reorders its per-row state (KV cache, residuals).
     """
-    n_codes = totals.shape[1]
-    allowed = trie.allowed_mask(level, beams.node)
-    if first_mask is not None and level == 0:
-        allowed &= first_mask[beams.query]
-    first = beams.first_rows(n_queries)
-    slots = torch.arange(len(beams.query), device=totals.device) - first[beams.query]
-    per_query = int(slots.max()) + 1 if len(slots) else 0
-    dense = totals.new_full((n_queries, per_query, n_codes), NEG_INF)
-    dense[beams.query, slots] = totals.masked_fill(~allowed, NEG_INF)
-    top, idx = dense.view(n_queries, per_query * n_codes).topk(min(width, per_query * n_codes), dim=1)
-    keep = torch.isfinite(top)
-    parent = (first[:, None] + idx // n_codes)[keep]
-    codes = (idx % n_codes)[keep]
-    query = torch.arange(n_queries, device=idx.device)[:, None].expand_as(idx)[keep]
-    node = trie.advance(level, beams.node[parent], codes)
-    return _Beams(query, node, top[keep], torch.cat([beams.history[parent], codes[:, None]], dim=1)), parent
+    n_queries, n_rows, n_codes = beams.node.shape[0], totals.shape[0], totals.shape[1]
+    nodes = beams.node.reshape(-1)
+    children = trie.allowed_mask(level, nodes)  # [q * W, K]
+    allowed = children & first_mask if first_mask is not None and level == 0 else children  # W = 1 at level 0
+    masked = totals.masked_fill(~allowed, NEG_INF).view(n_queries, -1)
+    reachable = int(torch.isfinite(masked).sum(1).max())
+    top, idx = masked.topk(min(width, reachable), dim=1)
+    parent = idx // n_codes + (torch.arange(n_queries, device=idx.device) * beams.width)[:, None]  # [q, W']
+    parent, codes = parent.reshape(-1), (idx % n_codes).reshape(-1)
+    node = trie.child_nodes(level, nodes, children, parent, codes)
+    history = torch.cat([beams.history.reshape(n_rows, beams.history.shape[2])[parent], codes[:, None]], dim=1)
+    shape = top.shape
+    return _Beams(node.view(shape), top, history.view(*shape, level + 1)), parent
 
 
 def _result(beams: _Beams, n_queries: int, width: int, depth: int) -> BeamSearchResult:
-    """Scatter the final beams into padded [q, B] arrays."""
+    """Copy the final beams into padded [q, B] arrays."""
     ids = np.full((n_queries, width, depth), -1, dtype=np.int64)
     scores = np.full((n_queries, width), NEG_INF, dtype=np.float32)
     leaves = np.full((n_queries, width), -1, dtype=np.int64)
-    query, slot = beams.query.cpu().numpy(), beams.slots(n_queries).cpu().numpy()
-    if beams.history.shape[1] == depth:  # else no beam survived to the last level
-        ids[query, slot] = beams.history.cpu().numpy()
-        scores[query, slot] = beams.score.float().cpu().numpy()
-        leaves[query, slot] = beams.node.cpu().numpy()
+    if beams.history.shape[2] == depth:  # else no beam survived to the last level
+        found = beams.width
+        score = beams.score.float().cpu().numpy()
+        valid = np.isfinite(score)
+        ids[:, :found] = np.where(valid[:, :, None], beams.history.cpu().numpy(), -1)
+        scores[:, :found] = score
+        leaves[:, :found] = np.where(valid, beams.node.cpu().numpy(), -1)
     return BeamSearchResult(ids, scores, leaves)
 
 
@@ -148,17 +144,18 @@ def constrained_beam_search(model: IDGenerator, z: torch.Tensor | np.ndarray, tr
     q = z.shape[0]
     first_mask = first_code_mask(first_codes, q, vocab.level_size(0), device)
     state = _Beams.start(q, device)
+    if q == 0:
+        return _result(state, q, beams, vocab.code_length)
     decoder = BeamDecoder(model, z)
     tokens = torch.full((q,), PAD, dtype=torch.long, device=device)
     for level in range(vocab.code_length):
-        if len(state.query) == 0:
+        log_probs = decoder.log_probs(decoder.step(tokens), level)
+        state, parent = _step(trie, level, state, state.score.view(-1, 1) + log_probs, beams, first_mask)
+        if state.width == 0:
             break
-        hidden = decoder.step(tokens, state.query, state.slots(q))
-        log_probs = F.log_softmax(model.level_logits(hidden, level).float(), dim=-1)
-        state, parent = _step(trie, level, state, state.score[:, None] + log_probs, q, beams, first_mask)
         if level < vocab.code_length - 1:
             decoder.reorder(parent)
-            tokens = state.history[:, -1] + vocab.level_offset(level)
+            tokens = state.history[:, :, -1].reshape(-1) + vocab.level_offset(level)
     return _result(state, q, beams, vocab.code_length)
 
 
@@ -232,9 +229,13 @@ def residual_beam_search(rq: ModalityResidualQuantizer, z: torch.Tensor | np.nda
     q = z.shape[0]
     first_mask = first_code_mask(first_codes, q, rq.modality_codebook.shape[0], device)
     state, residual = _Beams.start(q, device), z
+    if q == 0:
+        return _result(state, q, beams, trie.depth)
     for level, book in enumerate([rq.modality_codebook] + list(rq.codebooks)):
-        if len(state.query) == 0:
+        padding = ~torch.isfinite(state.score).view(-1, 1)
+        state, parent = _step(trie, level, state, (-squared_distances(residual, book)).masked_fill(padding, NEG_INF),
+                              beams, first_mask)
+        if state.width == 0:
             break
-        state, parent = _step(trie, level, state, -squared_distances(residual, book), q, beams, first_mask)
-        residual = residual[parent] - book[state.history[:, -1]]
+        residual = residual[parent] - book[state.history[:, :, -1].reshape(-1)]
     return _result(state, q, beams, trie.depth)

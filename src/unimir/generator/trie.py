@@ -5,6 +5,14 @@ children of all level-l nodes, node by node, each node's children sorted by code
 ``num_children[l][n]`` delimit node n's slice. A child's position in that list is its node id at level l+1, so the
 level-(L+1) nodes are the distinct IDs in sorted order (``ids``): a finished beam's node is its leaf index.
 ``keys[l] = parent * width_l + code`` is sorted, so one ``searchsorted`` advances a whole batch of beams.
+
+Beam search asks, per step, for the [R, K] mask of the codes that extend R nodes. Built from the CSR lists its cost
+grows with the children those nodes have, which is what makes a larger pool slower (at 10k random IDs a level-2
+node has about 13 of 256 codes, at 1M nearly all). Levels whose nodes are dense enough also keep a packed bitmap
+(``bitmaps[l]``: uint8 [nodes, ceil(K/8)], bit c of node n set iff code c extends n), so the mask is one gather and
+one bit test, [R, K] work whatever the pool; a bitmap is kept only where it costs at most ``BITMAP_MIN_BYTES`` or
+no more than the level's child list, so memory stays within twice the CSR arrays. ``child_nodes`` then reads the
+selected children's node ids from the mask (first child + rank of the code), without searching the pool.
 """
 
 from __future__ import annotations
@@ -16,6 +24,9 @@ import torch
 
 from ..errors import InvalidInputError
 from ..quantizer.checkpoint import array_digest
+
+BITMAP_MIN_BYTES = 1 << 20  # a level's bitmap is always kept up to this size
+_BIT_VALUES = np.array([1 << b for b in range(8)], dtype=np.uint8)
 
 
 class SemanticIDTrie:
@@ -40,6 +51,7 @@ class SemanticIDTrie:
         self.bucket_items = order
         self.bucket_offsets = np.concatenate([np.flatnonzero(new_id), [len(codes)]]).astype(np.int64)
         self._build_levels()
+        self.bitmaps = [self._bitmap(level) for level in range(self.depth)]
         self._device_arrays: dict[str, list[torch.Tensor]] = {}
         self._device: torch.device | None = None
 
@@ -64,6 +76,17 @@ class SemanticIDTrie:
             self.first_child.append(np.concatenate([[0], np.cumsum(self.num_children[-1])[:-1]]).astype(np.int64))
             self.keys.append(parent * self.level_sizes[level] + codes)
             prev_new = new
+
+    def _bitmap(self, level: int) -> np.ndarray | None:
+        """Packed child bitmap of a level (see the module docstring), or None where it would be too large."""
+        n_nodes, row_bytes = self.num_nodes(level), (self.level_sizes[level] + 7) // 8
+        if n_nodes * row_bytes > max(BITMAP_MIN_BYTES, self.child_codes[level].nbytes):
+            return None
+        parent = np.repeat(np.arange(n_nodes, dtype=np.int64), self.num_children[level])
+        bit = parent * (8 * row_bytes) + self.child_codes[level]
+        # (parent, code) pairs are distinct, so summing each byte's bit values sets exactly those bits
+        packed = np.bincount(bit >> 3, weights=_BIT_VALUES[bit & 7], minlength=n_nodes * row_bytes)
+        return packed.astype(np.uint8).reshape(n_nodes, row_bytes)
 
     # -- identity -------------------------------------------------------------------------------------------------
 
@@ -99,6 +122,9 @@ class SemanticIDTrie:
         if self._device != device:
             self._device_arrays = {name: [torch.as_tensor(a, device=device) for a in getattr(self, name)]
                                    for name in ("first_child", "num_children", "child_codes", "keys")}
+            self._device_arrays["bitmaps"] = [None if b is None else torch.as_tensor(b, device=device)
+                                              for b in self.bitmaps]
+            self._bit_values = torch.as_tensor(_BIT_VALUES, device=device)
             self._device = device
         return self
 
@@ -109,15 +135,39 @@ class SemanticIDTrie:
         """bool [R, level_sizes[level]]: the codes that extend each of nodes (int64 [R], level-``level`` node ids)
         to an existing prefix."""
         arrays = self._arrays(nodes.device)
+        n_codes = self.level_sizes[level]
+        bitmap = arrays["bitmaps"][level]
+        if bitmap is not None:
+            bits = bitmap.index_select(0, nodes)[:, :, None] & self._bit_values  # [R, bytes, 8]
+            return bits.view(len(nodes), -1)[:, :n_codes] != 0
+        return self._csr_mask(level, nodes)
+
+    def _csr_mask(self, level: int, nodes: torch.Tensor) -> torch.Tensor:
+        """``allowed_mask`` from the child lists: work proportional to the nodes' children."""
+        arrays = self._arrays(nodes.device)
+        n_codes = self.level_sizes[level]
         first = arrays["first_child"][level][nodes]
         count = arrays["num_children"][level][nodes]
-        rows = torch.repeat_interleave(torch.arange(len(nodes), device=nodes.device), count)
-        # position of each child inside its row's slice: global rank minus the row's start rank
+        total = int(count.sum())
+        # child list positions: the concatenation of [first_r, first_r + count_r) over the rows
         starts = torch.cumsum(count, 0) - count
-        within = torch.arange(rows.shape[0], device=nodes.device) - starts[rows]
-        mask = torch.zeros(len(nodes), self.level_sizes[level], dtype=torch.bool, device=nodes.device)
-        mask[rows, arrays["child_codes"][level][first[rows] + within]] = True
-        return mask
+        position = torch.arange(total, device=nodes.device) + torch.repeat_interleave(first - starts, count,
+                                                                                     output_size=total)
+        row_base = torch.repeat_interleave(torch.arange(len(nodes), device=nodes.device) * n_codes, count,
+                                           output_size=total)
+        mask = torch.zeros(len(nodes) * n_codes, dtype=torch.bool, device=nodes.device)
+        mask[row_base + arrays["child_codes"][level][position]] = True
+        return mask.view(len(nodes), n_codes)
+
+    def child_nodes(self, level: int, nodes: torch.Tensor, allowed: torch.Tensor, rows: torch.Tensor,
+                    codes: torch.Tensor) -> torch.Tensor:
+        """Level-(level+1) node ids reached from ``nodes[rows]`` by ``codes`` (int64 [n] each), given
+        ``allowed = allowed_mask(level, nodes)``: the parent's first child plus the code's rank among its allowed
+        codes, read from the mask instead of searching the pool's keys. Pairs the mask does not allow give an
+        arbitrary in-range node (padding beams)."""
+        first = self._arrays(nodes.device)["first_child"][level][nodes[rows]]
+        rank = allowed.cumsum(1, dtype=torch.int64)[rows, codes]  # allowed codes up to and including the code
+        return (first + rank - 1).clamp_(0, max(len(self.child_codes[level]) - 1, 0))
 
     def advance(self, level: int, nodes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Level-(level+1) node ids reached from level-``level`` nodes by ``codes`` (int64 [R] each). The pairs
