@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("pool", help="M-BEIR cand_pool .jsonl, a folder of images, or a .jsonl/.csv/.tsv/.txt of texts")
     s.add_argument("--out", required=True, help="index directory to create (replaced atomically if it exists)")
     s.add_argument("--root", help="data root that image paths are relative to (default: next to the pool)")
-    s.add_argument("--encoder", default="builtin", help="builtin (offline, default) or hf:<hub id or local dir>")
+    s.add_argument("--encoder", default="builtin",
+                   help="builtin (offline, default), hf:<hub id or local dir> or clip-sf:<dir from unimir convert>")
     s.add_argument("--index", default="flat", help="flat (exact) or hnsw[M][,ef<N>], e.g. hnsw32,ef128")
     s.add_argument("--fusion-weights", type=_weights, default=(1.0, 1.0), metavar="W_IMG,W_TXT",
                    help="score-fusion weights of image and text parts (default 1,1)")
@@ -114,7 +115,48 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="index the bundled demo corpus, search it and evaluate it")
     s.add_argument("--out", help="where to put the demo index (default: the unimir cache folder)")
     s.add_argument("--fast", action="store_true", help="skip generative training")
+
+    _add_convert_parser(sub)
+    _add_device_flags(sub.choices)
     return p
+
+
+# --- convert: the published UniIR / GENIUS checkpoints into unimir formats ---------------------------------------
+def _add_convert_parser(sub) -> None:
+    c = sub.add_parser("convert", help="convert UniIR CLIP-SF / GENIUS checkpoints (.pth) into unimir formats")
+    kinds = c.add_subparsers(dest="kind", required=True)
+    s = kinds.add_parser("clip-sf", help="a UniIR CLIP-SF checkpoint into an encoder directory (clip-sf:DIR)")
+    s.add_argument("checkpoint", help="clip_sf_large.pth or clip_sf_base.pth")
+    s.add_argument("--out", required=True, help="encoder directory to write (then use --encoder clip-sf:DIR)")
+    s.add_argument("--tokenizer", help="CLIP tokenizer: local directory or hub id (default: the matching "
+                   "openai/clip-vit-* tokenizer, fetched when online)")
+    s = kinds.add_parser("genius", help="GENIUS's quantizer and ID generator into an index built with clip-sf:")
+    s.add_argument("rq_checkpoint", help="stage-1 rq_clip_large.pth ('-' to take the quantizer from GEN.pth)")
+    s.add_argument("generator_checkpoint", nargs="?", help="stage-2 GENIUS_t5small.pth (omit: quantize mode only)")
+    s.add_argument("--index", required=True, dest="index_dir", help="index built with --encoder clip-sf:DIR")
+    s.add_argument("--modality-map", help="GENIUS level-0 code of image,text,image+text, e.g. 2,0,1 (default: "
+                   "learnt from the pool, reported)")
+    s.add_argument("--device", default=None, help="cpu or cuda, for computing the pool's codes")
+
+
+def cmd_convert(args, progress: bool) -> int:
+    from . import convert
+
+    if args.kind == "clip-sf":
+        print(convert.clip_sf(args.checkpoint, args.out, tokenizer=args.tokenizer).summary())
+        return 0
+    rq = None if args.rq_checkpoint == "-" else args.rq_checkpoint
+    report = convert.genius(rq, args.generator_checkpoint, args.index_dir, modality_map=args.modality_map,
+                            device=args.device, progress=progress)
+    print(report.summary())
+    return 0
+
+
+# --- --device on every command that encodes or searches -------------------------------------------------------
+def _add_device_flags(parsers) -> None:
+    for name in ("index", "add", "eval", "search", "serve"):
+        parsers[name].add_argument("--device", default=None,
+                                   help="cpu (default) or cuda: where encoders and generative search run")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         faiss.omp_set_num_threads(args.threads)
     progress = not args.quiet and sys.stderr.isatty() or os.environ.get("UNIMIR_PROGRESS") == "1"
     try:
+        if getattr(args, "device", None):
+            from .devices import resolve_device
+
+            resolve_device(args.device)  # fail before loading anything when CUDA is asked for but absent
         return COMMANDS[args.command](args, progress) or 0
     except UnimirError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -143,7 +189,7 @@ def cmd_index(args, progress: bool) -> int:
     problems = Problems(strict=args.strict)
     index = Index.build(args.pool, args.out, root=args.root, encoder=args.encoder, index=args.index,
                         fusion_weights=args.fusion_weights, problems=problems, progress=progress,
-                        batch_size=args.batch_size, cache=not args.no_cache)
+                        batch_size=args.batch_size, cache=not args.no_cache, device=args.device)
     counts = ", ".join(f"{v} {k}" for k, v in index.manifest.modality_counts.items() if v)
     print(f"indexed {len(index)} items ({counts}) with encoder {index.manifest.encoder} "
           f"and index {index.manifest.index_spec} -> {index.path}")
@@ -158,7 +204,7 @@ def cmd_add(args, progress: bool) -> int:
     from .index import Index
 
     problems = Problems(strict=args.strict)
-    index = Index.load(args.index_dir)
+    index = Index.load(args.index_dir, device=args.device)
     candidates, root = load_pool(args.pool, args.root, problems)
     added = index.add(candidates, root=root, problems=problems, progress=progress)
     print(f"added {added} items; the index now holds {len(index)}")
@@ -170,7 +216,7 @@ def cmd_add(args, progress: bool) -> int:
 def cmd_search(args, progress: bool) -> int:
     from .index import Index
 
-    index = Index.load(args.index_dir, root=args.root)
+    index = Index.load(args.index_dir, root=args.root, device=args.device)
     result = index.search(args.text, args.image, instruction=args.instruction, modality=args.modality, k=args.k,
                           mode=args.mode, beams=args.beams, exclude_query=args.exclude_query)
     if args.json:
@@ -193,7 +239,7 @@ def cmd_eval(args, progress: bool) -> int:
     from .eval import evaluate, format_table, write_json
     from .index import Index
 
-    index = Index.load(args.index_dir)
+    index = Index.load(args.index_dir, device=args.device)
     results = []
     for mode in [m.strip() for m in args.mode.split(",") if m.strip()]:
         results += evaluate(index, args.queries, qrels=args.qrels, root=args.root, ks=args.k, mode=mode,
@@ -215,7 +261,7 @@ def cmd_train(args, progress: bool) -> int:
     from .quantizer import QuantizerTrainConfig
     from .training import train, training_pairs
 
-    index = Index.load(args.index_dir, generative=args.stage == "generator")  # other stages start afresh
+    index = Index.load(args.index_dir, generative=args.stage == "generator", device=args.device)  # other stages start afresh
     pairs = training_pairs(index, args.queries, qrels=args.qrels, root=args.root, instructions=args.instructions,
                            seed=args.seed, progress=progress)
     print(f"{len(pairs)} training pairs from {', '.join(Path(q).name for q in args.queries)}")
@@ -251,7 +297,7 @@ def cmd_serve(args, progress: bool) -> int:
     from .serve import serve
 
     serve(args.index_dir, host=args.host, port=args.port, root=args.root,
-          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), device=args.device)
     return 0
 
 
@@ -262,4 +308,4 @@ def cmd_demo(args, progress: bool) -> int:
 
 
 COMMANDS = {"index": cmd_index, "add": cmd_add, "search": cmd_search, "eval": cmd_eval, "train": cmd_train,
-            "info": cmd_info, "serve": cmd_serve, "demo": cmd_demo}
+            "info": cmd_info, "serve": cmd_serve, "demo": cmd_demo, "convert": cmd_convert}

@@ -19,7 +19,7 @@ from ..data.ingest import load_pool
 from ..data.mbeir import format_text, query_text
 from ..data.problems import Problems
 from ..data.records import Candidate, Modality, parse_modalities
-from ..encoders import EmbeddingCache, Encoder, Features, Item, load_encoder
+from ..encoders import EmbeddingCache, Encoder, Features, Item, fuse, fusion_of, load_encoder
 from ..errors import IndexFormatError, InvalidInputError, NotFoundError
 from ..ranking import Ranking
 from .dense import DenseIndex, DenseSpec
@@ -67,12 +67,16 @@ class Index:
 
     def __init__(self, manifest: Manifest, candidates: list[Candidate], features: Features,
                  image_digests: list[str | None], dense: DenseIndex, *, path: Path | None = None,
-                 root: Path | None = None, generative=None, encoder: Encoder | None = None):
+                 root: Path | None = None, generative=None, encoder: Encoder | None = None,
+                 device: str | None = None):
         self.manifest, self.candidates, self.features = manifest, candidates, features
+        self.device = device  # where the encoder and the generative model run (None: cpu)
+        # fusion belongs to the encoder; its policy is known from the spec without loading the model
+        self.fusion = encoder.fusion if encoder is not None else fusion_of(manifest.encoder)
         self.image_digests, self.dense, self.generative = image_digests, dense, generative
         self.path = Path(path) if path else None
         self.root = Path(root) if root else (Path(manifest.root) if manifest.root else None)
-        self.fused = features.fused(manifest.fusion_weights)
+        self.fused = self.fuse(features)
         self.modality_codes = np.asarray([c.modality.code for c in candidates], dtype=np.int8)
         self.row_of = {c.did: i for i, c in enumerate(candidates)}
         self._encoder = encoder
@@ -83,7 +87,8 @@ class Index:
     def build(cls, source: "str | Path | Sequence[Candidate]", out: "str | Path | None" = None, *,
               root: "str | Path | None" = None, encoder: "str | Encoder" = "builtin", index: str = "flat",
               fusion_weights: tuple[float, float] = (1.0, 1.0), problems: Problems | None = None,
-              progress: bool = False, batch_size: int | None = None, cache: bool = True) -> "Index":
+              progress: bool = False, batch_size: int | None = None, cache: bool = True,
+              device: str | None = None) -> "Index":
         """Encode a pool (M-BEIR jsonl, image folder, text file, or a list of Candidate) into a new index.
 
         Bad items (missing or corrupt images, malformed lines) are skipped and recorded in ``problems``;
@@ -94,12 +99,13 @@ class Index:
             candidates, root_path = load_pool(source, root, problems)
         else:
             candidates, root_path = list(source), Path(root or ".").resolve()
-        enc = load_encoder(encoder) if isinstance(encoder, str) else encoder
+        enc = load_encoder(encoder, device=device) if isinstance(encoder, str) else encoder
         spec = DenseSpec.parse(index)
         manifest = Manifest(encoder=enc.spec, dim=enc.dim, index_spec=spec.spec,
                             fusion_weights=tuple(float(w) for w in fusion_weights), root=str(root_path),
                             created=now())
-        idx = cls(manifest, [], Features.empty(enc.dim), [], DenseIndex(enc.dim, spec), root=root_path, encoder=enc)
+        idx = cls(manifest, [], Features.empty(enc.dim), [], DenseIndex(enc.dim, spec), root=root_path, encoder=enc,
+                  device=device)
         idx.add(candidates, problems=problems, progress=progress, batch_size=batch_size, cache=cache, save=False)
         if not idx.candidates:
             raise InvalidInputError("no item could be indexed" + (f":\n{problems.summary()}" if len(problems) else ""))
@@ -109,9 +115,10 @@ class Index:
 
     @classmethod
     def load(cls, path: "str | Path", *, root: "str | Path | None" = None, encoder: Encoder | None = None,
-             generative: bool = True) -> "Index":
+             generative: bool = True, device: str | None = None) -> "Index":
         """Load an index directory. ``root`` overrides the data root recorded at build time (a moved dataset);
-        ``generative=False`` skips the generative model (to retrain it from scratch)."""
+        ``generative=False`` skips the generative model (to retrain it from scratch); ``device`` (cpu, cuda) is
+        where the encoder and the generative model run."""
         path = Path(path)
         m = Manifest.read(path)
         try:
@@ -133,11 +140,13 @@ class Index:
         dense = DenseIndex.deserialize(m.dim, DenseSpec.parse(m.index_spec),
                                        {int(k.rsplit("_", 1)[1]): v for k, v in blobs.items()}, codes)
         index = cls(m, candidates, features, [r.get("image_sha1") for r in rows], dense, path=path,
-                    root=Path(root) if root else None, encoder=encoder)
+                    root=Path(root) if root else None, encoder=encoder, device=device)
         if generative and m.files.get("generative"):
             from ..generator import GenerativeRetriever
 
-            retriever = GenerativeRetriever.load(path / m.files["generative"])
+            from ..devices import resolve_device
+
+            retriever = GenerativeRetriever.load(path / m.files["generative"], resolve_device(device))
             if retriever.extra != index._pool_identity():  # never search with codes of another pool or encoder
                 raise IndexFormatError(f"{path}: the generative model was trained for another pool or encoder "
                                        "than this index holds; run 'unimir train' again")
@@ -191,7 +200,7 @@ class Index:
     def encoder(self) -> Encoder:
         """The encoder named in the manifest, loaded on first use."""
         if self._encoder is None:
-            self._encoder = load_encoder(self.manifest.encoder)
+            self._encoder = load_encoder(self.manifest.encoder, device=self.device)
         return self._encoder
 
     @encoder.setter
@@ -201,6 +210,11 @@ class Index:
             raise InvalidInputError(f"encoder {encoder.spec!r} ({encoder.dim}-d) does not match this index's "
                                     f"{self.manifest.encoder!r} ({self.manifest.dim}-d)")
         self._encoder = encoder
+        self.fusion = encoder.fusion
+
+    def fuse(self, features: Features) -> np.ndarray:
+        """Score-fusion vectors of ``features`` under this index's encoder policy and fusion weights."""
+        return fuse(features, self.fusion, self.manifest.fusion_weights)
 
     def __len__(self) -> int:
         return len(self.candidates)
@@ -276,7 +290,7 @@ class Index:
     def _append(self, kept: list[Candidate], feats: Features, digests: list[str | None]) -> None:
         first = len(self.candidates)
         codes = np.asarray([c.modality.code for c in kept], dtype=np.int8)
-        fused = feats.fused(self.manifest.fusion_weights)
+        fused = self.fuse(feats)
         self.dense.add(fused, codes, first)
         if self.generative is not None:
             self.generative.add(feats, codes)
@@ -351,9 +365,9 @@ class Index:
         self._check_request(k, mode)
         codes = [None if a is None else tuple(m.code for m in a) for a in allowed]
         if mode == "dense":
-            return self.dense.search(queries.fused(self.manifest.fusion_weights), k, codes)
+            return self.dense.search(self.fuse(queries), k, codes)
         return self.generative.search(queries, codes, k=k, mode=mode, beams=beams or DEFAULT_BEAMS,
-                                      query_fused=queries.fused(self.manifest.fusion_weights),
+                                      query_fused=self.fuse(queries),
                                       cand_fused=self.fused)
 
     def _check_request(self, k: int, mode: str) -> None:
