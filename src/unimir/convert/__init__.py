@@ -11,15 +11,15 @@ from .pth import CheckpointError, read_state_dict
 
 
 def clip_sf(checkpoint, out, tokenizer=None, **kwargs):
-    """Convert a UniIR CLIP-SF checkpoint into an encoder directory; see :func:`unimir.convert.clip_sf.convert`."""
-    from .clip_sf import convert
+    """Convert a UniIR CLIP-SF checkpoint into an encoder directory; see :func:`unimir.convert.from_uniir.convert`."""
+    from .from_uniir import convert
 
     return convert(checkpoint, out, tokenizer=tokenizer, **kwargs)
 
 
 def genius(rq_checkpoint, generator_checkpoint, index_dir, **kwargs):
-    """Import GENIUS's quantizer and generator into an index; see :func:`unimir.convert.genius.convert`."""
-    from .genius import convert
+    """Import GENIUS's quantizer and generator into an index; see :func:`unimir.convert.from_genius.convert`."""
+    from .from_genius import convert
 
     return convert(rq_checkpoint, generator_checkpoint, index_dir, **kwargs)
 

@@ -154,7 +154,7 @@ def constrained_beam_search(model: IDGenerator, z: torch.Tensor | np.ndarray, tr
         if len(state.query) == 0:
             break
         hidden = decoder.step(tokens, state.query, state.slots(q))
-        log_probs = F.log_softmax(model.level_logits(hidden, level).float(), dim=-1)
+        log_probs = model.level_log_probs(hidden, level)
         state, parent = _step(trie, level, state, state.score[:, None] + log_probs, q, beams, first_mask)
         if level < vocab.code_length - 1:
             decoder.reorder(parent)
