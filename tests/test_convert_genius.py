@@ -40,8 +40,8 @@ def clip_sf_index(tmp_path_factory, corpus):
 def genius_z(st, image, text, m_img, m_txt):
     lin = lambda x, n: x @ st[n + ".weight"].T + st[n + ".bias"]  # noqa: E731
     img, txt = image * m_img[:, None], text * m_txt[:, None]
-    h = torch.cat([F.relu(lin(txt, "encoder.text_projection_layer")), F.relu(lin(img, "encoder.image_projection_layer"))],
-                  dim=-1)  # text first
+    h = torch.cat([F.relu(lin(txt, "encoder.text_projection_layer")),
+                   F.relu(lin(img, "encoder.image_projection_layer"))], dim=-1)  # text first
     gate = torch.sigmoid(lin(F.relu(lin(h, "encoder.dynamic_scalar.0")), "encoder.dynamic_scalar.3"))
     out = lin(F.relu(lin(h, "encoder.combiner_layer")), "encoder.output_layer") + gate * txt + (1 - gate) * img
     return F.normalize(out, dim=-1)
@@ -88,7 +88,8 @@ def reference_log_probs(model, gen_state, z, tokens):
 # --- fabricated checkpoints -----------------------------------------------------------------------------------
 def codebook(prefix, embed):
     k = embed.shape[0]
-    return {f"{prefix}._codebook.initted": torch.tensor([1.0]), f"{prefix}._codebook.cluster_size": torch.rand(1, k) * 10,
+    return {f"{prefix}._codebook.initted": torch.tensor([1.0]),
+            f"{prefix}._codebook.cluster_size": torch.rand(1, k) * 10,
             f"{prefix}._codebook.embed_avg": embed[None] * 3.0, f"{prefix}._codebook.embed": embed[None].clone()}
 
 
@@ -147,8 +148,8 @@ def imported(clip_sf_index, one_torch_thread):
     s2 = stage2(s1)
     torch.save({"model": s1, "optimizer": {}, "config": None, "epoch": 20}, tmp / "rq.pth")
     torch.save({"model": s2, "optimizer": {}, "config": None, "epoch": 30}, tmp / "gen.pth")
-    run = subprocess.run([sys.executable, "-m", "unimir", "convert", "genius", str(tmp / "rq.pth"), str(tmp / "gen.pth"),
-                          "--index", str(tmp / "idx")], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "unimir", "convert", "genius", str(tmp / "rq.pth"),
+                          str(tmp / "gen.pth"), "--index", str(tmp / "idx")], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     return tmp, s1, s2, run.stdout
 

@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "device", None):
             from .devices import resolve_device
 
-            resolve_device(args.device)  # fail before loading anything when CUDA is asked for but absent
+            resolve_device(args.device)  # fail before loading anything if CUDA is asked for but absent
         return COMMANDS[args.command](args, progress) or 0
     except UnimirError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -261,7 +261,8 @@ def cmd_train(args, progress: bool) -> int:
     from .quantizer import QuantizerTrainConfig
     from .training import train, training_pairs
 
-    index = Index.load(args.index_dir, generative=args.stage == "generator", device=args.device)  # other stages start afresh
+    # other stages start afresh
+    index = Index.load(args.index_dir, generative=args.stage == "generator", device=args.device)
     pairs = training_pairs(index, args.queries, qrels=args.qrels, root=args.root, instructions=args.instructions,
                            seed=args.seed, progress=progress)
     print(f"{len(pairs)} training pairs from {', '.join(Path(q).name for q in args.queries)}")

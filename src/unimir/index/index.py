@@ -142,9 +142,8 @@ class Index:
         index = cls(m, candidates, features, [r.get("image_sha1") for r in rows], dense, path=path,
                     root=Path(root) if root else None, encoder=encoder, device=device)
         if generative and m.files.get("generative"):
-            from ..generator import GenerativeRetriever
-
             from ..devices import resolve_device
+            from ..generator import GenerativeRetriever
 
             retriever = GenerativeRetriever.load(path / m.files["generative"], resolve_device(device))
             if retriever.extra != index._pool_identity():  # never search with codes of another pool or encoder
