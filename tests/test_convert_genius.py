@@ -245,3 +245,18 @@ def test_a_non_clip_sf_index_or_a_broken_checkpoint_is_refused(imported, tmp_pat
     torch.save({"model": broken}, tmp_path / "broken.pth")
     with pytest.raises(CheckpointError, match="vq._codebook and residual_rq.layers.0._codebook differ"):
         genius(tmp_path / "broken.pth", None, tmp / "idx")
+
+
+def test_stage1_alone_gives_quantize_mode_and_the_same_codes(imported, tmp_path):
+    import shutil
+
+    from unimir.convert import genius
+    from unimir.index import Index
+
+    tmp, _, _, _ = imported
+    shutil.copytree(tmp / "idx", tmp_path / "idx")
+    report = genius(tmp / "rq.pth", None, tmp_path / "idx", modality_map="2,0,1")
+    assert report.generator is None and report.mapping.given and report.ignored_keys == 2
+    alone, both = Index.load(tmp_path / "idx"), Index.load(tmp / "idx")
+    assert alone.modes == ("dense", "quantize")
+    np.testing.assert_array_equal(alone.generative.codes, both.generative.codes)

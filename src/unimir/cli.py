@@ -147,7 +147,7 @@ def cmd_convert(args, progress: bool) -> int:
         return 0
     rq = None if args.rq_checkpoint == "-" else args.rq_checkpoint
     report = convert.genius(rq, args.generator_checkpoint, args.index_dir, modality_map=args.modality_map,
-                            device=args.device, progress=progress)
+                            device=args.device)
     print(report.summary())
     return 0
 
@@ -157,6 +157,9 @@ def _add_device_flags(parsers) -> None:
     for name in ("index", "add", "eval", "search", "serve"):
         parsers[name].add_argument("--device", default=None,
                                    help="cpu (default) or cuda: where encoders and generative search run")
+    parsers["eval"].add_argument("--no-modality-filter", action="store_true",
+                                 help="search all candidates, not only the task's candidate modality (UniIR/GENIUS "
+                                 "union-pool protocol)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,7 +247,8 @@ def cmd_eval(args, progress: bool) -> int:
     for mode in [m.strip() for m in args.mode.split(",") if m.strip()]:
         results += evaluate(index, args.queries, qrels=args.qrels, root=args.root, ks=args.k, mode=mode,
                             beams=args.beams, instructions=args.instructions, seed=args.seed, progress=progress,
-                            runs_dir=args.runs, exclude_query=args.exclude_query)
+                            runs_dir=args.runs, exclude_query=args.exclude_query,
+                            modality_filter=not args.no_modality_filter)
     print(format_table(results))
     missing = sum(r.missing_positives for r in results)
     if missing:

@@ -238,8 +238,8 @@ class GeniusReport:
 
 
 def convert(rq_checkpoint: "str | os.PathLike | None", generator_checkpoint: "str | os.PathLike | None",
-            index_dir: "str | os.PathLike", *, modality_map: "str | tuple | None" = None, device: str | None = None,
-            progress: bool = False) -> GeniusReport:
+            index_dir: "str | os.PathLike", *, modality_map: "str | tuple | None" = None,
+            device: str | None = None) -> GeniusReport:
     """Import into the index at ``index_dir`` (built with a ``clip-sf:`` encoder), compute the pool's codes, save.
 
     The quantizer comes from ``generator_checkpoint`` when it holds one (the copy its generator was trained with),
@@ -287,27 +287,29 @@ def convert(rq_checkpoint: "str | os.PathLike | None", generator_checkpoint: "st
     generator = generator_from_state(gen_state, quantizer, str(generator_checkpoint)) if gen_state else None
 
     # GENIUS's own level-0 code of each pool item, then the permutation that best matches the modalities
-    z = torch.from_numpy(quantizer.embed(index.features))
-    book = quantizer.net.rq.modality_codebook.detach().clone()
+    target = resolve_device(device)
+    quantizer.to(target)
+    z_np = quantizer.embed(index.features)  # combiner outputs: level 0 is not involved yet
+    z = torch.from_numpy(z_np)
+    book = quantizer.net.rq.modality_codebook.detach().cpu().clone()
     genius_c0 = squared_distances(z, book).argmin(-1).numpy() if len(z) else np.zeros(0, np.int64)
     mapping = learn_level0(genius_c0, index.modality_codes, modality_map)
     perm = torch.as_tensor(mapping.genius_code)
     rq = quantizer.net.rq
     with torch.no_grad():
-        rq.modality_codebook.copy_(book[perm])
+        rq.modality_codebook.copy_(book[perm].to(target))
         if level0["cluster_size"] is not None:
-            rq.modality_count.copy_(level0["cluster_size"].reshape(3)[perm])
+            rq.modality_count.copy_(level0["cluster_size"].reshape(3)[perm].to(target))
         if level0["embed_avg"] is not None:
-            rq.modality_sum.copy_(level0["embed_avg"].reshape(3, -1)[perm])
+            rq.modality_sum.copy_(level0["embed_avg"].reshape(3, -1)[perm].to(target))
         if generator is not None:
             rows = generator.t5.shared.weight[3:6].clone()  # level-0 tokens 3..5, tied with the output layer
             generator.t5.shared.weight[3:6] = rows[perm]
-    target = resolve_device(device)
-    retriever = GenerativeRetriever(quantizer.to(target), generator.to(target) if generator is not None else None)
+    retriever = GenerativeRetriever(quantizer, generator.to(target) if generator is not None else None)
     retriever.train_configs = {"imported": {"from": "GENIUS", "quantizer": where,
                                             "generator": None if generator is None else str(generator_checkpoint),
                                             "level0": mapping.to_dict()}}
-    stats = retriever.index(index.features, index.modality_codes)
+    stats = retriever.index_codes(quantizer.codes_from_embeddings(z_np, index.modality_codes))
     index.generative = retriever
     index.save()
     return GeniusReport(Path(index_dir), quantizer.spec, None if generator is None else _gen_name(generator),

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -211,6 +212,7 @@ def convert(checkpoint: "str | os.PathLike", out: "str | os.PathLike", tokenizer
         tok.save_pretrained(tmp)
         (tmp / MARKER).write_text(json.dumps({
             "format": FORMAT, "format_version": FORMAT_VERSION, "fusion": "raw-sum", "architecture": asdict(arch),
+            "conversion_id": uuid.uuid4().hex,  # keys the embedding cache: a new conversion never reads stale vectors
             "name": arch.name, "tokenizer": source,
             "source": {"file": checkpoint.name, "bytes": checkpoint.stat().st_size}}, indent=2))
         _replace_dir(tmp, out)

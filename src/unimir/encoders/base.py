@@ -139,6 +139,12 @@ class Encoder(ABC):
     def embed_images(self, images: "list[Image.Image]", role: str = "candidate") -> np.ndarray:
         """float32 [n, dim], unit rows; images are RGB."""
 
+    @property
+    def cache_namespace(self) -> str:
+        """What the embedding cache keys this encoder's vectors by: its spec, plus a weights fingerprint where the
+        same spec can name different weights (a directory converted again)."""
+        return self.spec
+
     def fuse(self, features: Features, weights: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
         """This encoder's score fusion of ``features``: float32 [n, d], unit rows."""
         return fuse(features, self.fusion, weights)
@@ -179,7 +185,7 @@ class Encoder(ABC):
 
     def _encode_texts(self, texts, role, batch_size, progress, cache) -> np.ndarray:
         keys = [hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts]
-        found = cache.get_many(self.spec, f"text:{role}", list(set(keys))) if cache else {}
+        found = cache.get_many(self.cache_namespace, f"text:{role}", list(set(keys))) if cache else {}
         todo = list(dict.fromkeys(k for k in keys if k not in found))
         by_key = {k: t for k, t in zip(keys, texts)}
         bs = batch_size or self.text_batch_size
@@ -190,7 +196,7 @@ class Encoder(ABC):
                 fresh.update(zip(chunk, self.embed_texts([by_key[k] for k in chunk], role)))
                 bar.update(len(chunk))
         if cache and fresh:
-            cache.put_many(self.spec, f"text:{role}", fresh)
+            cache.put_many(self.cache_namespace, f"text:{role}", fresh)
         found.update(fresh)
         return np.stack([found[k] for k in keys]).astype(np.float32)
 
@@ -214,7 +220,7 @@ class Encoder(ABC):
                     keys.append(None)
             except OSError:
                 keys.append(None)  # open_image below reports the file properly
-        found = cache.get_many(self.spec, f"image:{role}", list({k for k in keys if k})) if cache else {}
+        found = cache.get_many(self.cache_namespace, f"image:{role}", list({k for k in keys if k})) if cache else {}
         todo = [i for i, k in enumerate(keys) if k is None or k not in found]
         for i, k in enumerate(keys):
             if k is not None and k in found:
@@ -246,7 +252,7 @@ class Encoder(ABC):
                     fresh.update((keys[i], v) for i, v in zip(rows, vecs) if keys[i] is not None)
                 bar.update(len(batches[b]))
         if cache and fresh:
-            cache.put_many(self.spec, f"image:{role}", fresh)
+            cache.put_many(self.cache_namespace, f"image:{role}", fresh)
         return out, good
 
 

@@ -41,7 +41,7 @@ class ClipSFEncoder(Encoder):
         if threads:
             torch.set_num_threads(threads)
         self.directory = Path(directory).expanduser().resolve()
-        self.spec = f"clip-sf:{directory}"
+        self.spec = f"clip-sf:{self.directory}"  # absolute: an index may be used from another directory
         self.meta = read_marker(self.directory)
         self.device = resolve_device(device)
         self.amp = autocast_dtype(self.device, precision)
@@ -56,6 +56,10 @@ class ClipSFEncoder(Encoder):
         self.dim = int(config.projection_dim)
         self.max_length = int(config.text_config.max_position_embeddings)
         self.image_size = int(config.vision_config.image_size)
+
+    @property
+    def cache_namespace(self) -> str:
+        return f"{self.spec}#{self.meta.get('conversion_id', '')}"
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """CLIP's tokenisation: SOT + BPE + EOT, truncated to the context length with EOT kept last."""
