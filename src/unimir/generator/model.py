@@ -205,8 +205,12 @@ class IDGenerator(nn.Module):
                                  use_cache=False).last_hidden_state
         losses, correct = [], []
         for level in range(self.vocab.code_length):
-            logits = self.level_log_probs(hidden[:, level], level)
-            losses.append(-logits.gather(-1, codes[:, level, None]).squeeze(-1))
+            if self.config.softmax == "full":
+                logits = self.level_log_probs(hidden[:, level], level)
+                losses.append(-logits.gather(-1, codes[:, level, None]).squeeze(-1))
+            else:
+                logits = self.level_logits(hidden[:, level], level).float()
+                losses.append(F.cross_entropy(logits, codes[:, level], reduction="none"))
             correct.append(logits.argmax(-1) == codes[:, level])
         hits = torch.stack(correct, dim=1)
         return GeneratorLoss(torch.stack(losses, dim=1).mean(), hits.float().mean().item(),
