@@ -59,3 +59,13 @@ def test_every_mode_and_file_gets_an_entry_in_json(index, corpus, tmp_path):
     assert first[1] == "Q0" and first[3] == "1" and len(first) == 7
     table = format_table(results)
     assert "R@1" in table and "rand@5" in table and "T→I" in table and "I→T" in table
+
+
+def test_without_the_modality_filter_every_candidate_is_searched(index, corpus, tmp_path):
+    (filtered,) = evaluate(index, [corpus["t2i"]], ks=(1, 5), runs_dir=tmp_path / "f")
+    (union,) = evaluate(index, [corpus["t2i"]], ks=(1, 5), modality_filter=False, runs_dir=tmp_path / "u")
+    assert filtered.pool_size == 18 and union.pool_size == 36
+    assert union.random == pytest.approx({"1": 1 / 36, "5": 5 / 36})
+    texts = {c.did for c in index.candidates if c.modality == Modality.TEXT}
+    ranked = lambda d: {line.split()[2] for f in d.iterdir() for line in f.read_text().splitlines()}  # noqa: E731
+    assert not ranked(tmp_path / "f") & texts and ranked(tmp_path / "u") & texts
