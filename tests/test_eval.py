@@ -103,3 +103,13 @@ def test_eval_counts_dropped_queries_and_checks_outputs_first(index, corpus, tmp
     (tmp_path / "file").write_text("x")
     with pytest.raises(InvalidInputError, match="a file is in the way"):
         evaluate(index, [bad], runs_dir=tmp_path / "file" / "runs")
+
+
+def test_without_the_modality_filter_every_candidate_is_searched(index, corpus, tmp_path):
+    (filtered,) = evaluate(index, [corpus["t2i"]], ks=(1, 5), runs_dir=tmp_path / "f")
+    (union,) = evaluate(index, [corpus["t2i"]], ks=(1, 5), modality_filter=False, runs_dir=tmp_path / "u")
+    assert filtered.pool_size == 18 and union.pool_size == 36
+    assert union.random == pytest.approx({"1": 1 / 36, "5": 5 / 36})
+    texts = {c.did for c in index.candidates if c.modality == Modality.TEXT}
+    ranked = lambda d: {line.split()[2] for f in d.glob("*.run") for line in f.read_text().splitlines()}  # noqa: E731
+    assert not ranked(tmp_path / "f") & texts and ranked(tmp_path / "u") & texts

@@ -333,7 +333,7 @@ def cuda_device_without_cuda(tmp, env):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    return _train(env, "--device", "cuda"), ERROR, ["no CUDA device is available"]
+    return _train(env, "--device", "cuda"), ERROR, ["sees no CUDA GPU"]
 
 
 @case

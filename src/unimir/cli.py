@@ -81,11 +81,11 @@ def _weights(value: str) -> tuple[float, float]:
 
 
 def _device(value: str) -> str:
-    """cpu, cuda, cuda:N or mps (checked to exist when the command runs)."""
+    """cpu, cuda or cuda:N (``main`` checks that it exists before the command runs)."""
     v = value.strip().lower()
-    if v in ("cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
+    if v in ("cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
         return v
-    raise argparse.ArgumentTypeError(f"unknown device {value!r}: use cpu, cuda, cuda:N or mps")
+    raise argparse.ArgumentTypeError(f"unknown device {value!r}: use cpu, cuda or cuda:N")
 
 
 def _text(value: str) -> str:
@@ -120,9 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("pool", type=_path,
                    help="M-BEIR cand_pool .jsonl, a folder of images, or a .jsonl/.csv/.tsv/.txt of texts")
     s.add_argument("--out", required=True, type=_path,
-                   help="index directory to create (replaced atomically if it exists)")
+                   help="index directory to create (an existing unimir index there is replaced atomically; any other "
+                   "non-empty folder is refused)")
     s.add_argument("--root", type=_path, help="data root that image paths are relative to (default: next to the pool)")
-    s.add_argument("--encoder", default="builtin", help="builtin (offline, default) or hf:<hub id or local dir>")
+    s.add_argument("--encoder", default="builtin",
+                   help="builtin (offline, default), hf:<hub id or local dir> or clip-sf:<dir from unimir convert>")
     s.add_argument("--index", default="flat", help="flat (exact) or hnsw[M][,ef<N>], e.g. hnsw32,ef128")
     s.add_argument("--fusion-weights", type=_weights, default=(1.0, 1.0), metavar="W_IMG,W_TXT",
                    help="score-fusion weights of image and text parts (default 1,1)")
@@ -212,7 +214,51 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="index the bundled demo corpus, search it and evaluate it")
     s.add_argument("--out", type=_path, help="where to put the demo index (default: $UNIMIR_CACHE_DIR/demo-index)")
     s.add_argument("--fast", action="store_true", help="skip generative training")
+
+    _add_convert_parser(sub)
+    _add_device_flags(sub.choices)
     return p
+
+
+# --- convert: the published UniIR / GENIUS checkpoints into unimir formats ---------------------------------------
+def _add_convert_parser(sub) -> None:
+    c = sub.add_parser("convert", help="convert UniIR CLIP-SF / GENIUS checkpoints (.pth) into unimir formats")
+    kinds = c.add_subparsers(dest="kind", required=True)
+    s = kinds.add_parser("clip-sf", help="a UniIR CLIP-SF checkpoint into an encoder directory (clip-sf:DIR)")
+    s.add_argument("checkpoint", help="clip_sf_large.pth or clip_sf_base.pth")
+    s.add_argument("--out", required=True, help="encoder directory to write (then use --encoder clip-sf:DIR)")
+    s.add_argument("--tokenizer", help="CLIP tokenizer: local directory or hub id (default: the matching "
+                   "openai/clip-vit-* tokenizer, fetched when online)")
+    s = kinds.add_parser("genius", help="GENIUS's quantizer and ID generator into an index built with clip-sf:")
+    s.add_argument("rq_checkpoint", help="stage-1 rq_clip_large.pth ('-' to take the quantizer from GEN.pth)")
+    s.add_argument("generator_checkpoint", nargs="?", help="stage-2 GENIUS_t5small.pth (omit: quantize mode only)")
+    s.add_argument("--index", required=True, dest="index_dir", help="index built with --encoder clip-sf:DIR")
+    s.add_argument("--modality-map", help="GENIUS level-0 code of image,text,image+text, e.g. 2,0,1 (default: "
+                   "learnt from the pool, reported)")
+    s.add_argument("--device", type=_device, default=None, help="cpu or cuda, for computing the pool's codes")
+
+
+def cmd_convert(args, progress: bool) -> int:
+    from . import convert
+
+    if args.kind == "clip-sf":
+        print(convert.clip_sf(args.checkpoint, args.out, tokenizer=args.tokenizer).summary())
+        return 0
+    rq = None if args.rq_checkpoint == "-" else args.rq_checkpoint
+    report = convert.genius(rq, args.generator_checkpoint, args.index_dir, modality_map=args.modality_map,
+                            device=args.device)
+    print(report.summary())
+    return 0
+
+
+# --- --device on every command that encodes or searches -------------------------------------------------------
+def _add_device_flags(parsers) -> None:
+    for name in ("index", "add", "eval", "search", "serve"):
+        parsers[name].add_argument("--device", type=_device, default=None,
+                                   help="cpu (default) or cuda: where encoders and generative search run")
+    parsers["eval"].add_argument("--no-modality-filter", action="store_true",
+                                 help="search all candidates, not only the task's candidate modality (UniIR/GENIUS "
+                                 "union-pool protocol)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         faiss.omp_set_num_threads(args.threads)
     progress = not args.quiet  # a bar on a terminal, a plain line every 30 s otherwise (unimir.progress)
     try:
+        if getattr(args, "device", None):
+            from .devices import resolve_device
+
+            resolve_device(args.device)  # fail before loading anything if CUDA is asked for but absent
         return COMMANDS[args.command](args, progress) or 0
     except UnimirError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -246,7 +296,7 @@ def cmd_index(args, progress: bool) -> int:
     index = Index.build(args.pool, args.out, root=args.root, encoder=args.encoder, index=args.index,
                         fusion_weights=args.fusion_weights, problems=problems, progress=progress,
                         batch_size=args.batch_size, cache=not args.no_cache,
-                        allow_outside_root=args.allow_outside_root)
+                        allow_outside_root=args.allow_outside_root, device=args.device)
     counts = ", ".join(f"{v} {k}" for k, v in index.manifest.modality_counts.items() if v)
     print(f"indexed {len(index)} items ({counts}) with encoder {index.manifest.encoder} "
           f"and index {index.manifest.index_spec} -> {index.path}")
@@ -267,7 +317,7 @@ def cmd_add(args, progress: bool) -> int:
     from .index import Index
 
     problems = Problems(strict=args.strict)
-    index = Index.load(args.index_dir)
+    index = Index.load(args.index_dir, device=args.device)
     candidates, root = load_pool(args.pool, args.root, problems, allow_outside_root=args.allow_outside_root)
     added = index.add(candidates, root=root, problems=problems, progress=progress)
     print(f"added {added} items; the index now holds {len(index)}")
@@ -278,7 +328,7 @@ def cmd_add(args, progress: bool) -> int:
 def cmd_search(args, progress: bool) -> int:
     from .index import Index
 
-    index = Index.load(args.index_dir, root=args.root)
+    index = Index.load(args.index_dir, root=args.root, device=args.device)
     result = index.search(args.text, args.image, instruction=args.instruction, modality=args.modality, k=args.k,
                           mode=args.mode, beams=args.beams, exclude_query=args.exclude_query)
     if args.json:
@@ -309,12 +359,13 @@ def cmd_eval(args, progress: bool) -> int:
     if args.runs:
         check_writable_dir(args.runs, "--runs")
     problems = Problems(strict=args.strict)
-    index = Index.load(args.index_dir)
+    index = Index.load(args.index_dir, device=args.device)
     results = []
     for mode in [m.strip() for m in args.mode.split(",") if m.strip()]:
         results += evaluate(index, args.queries, qrels=args.qrels, root=args.root, ks=args.k, mode=mode,
                             beams=args.beams, instructions=args.instructions, seed=args.seed, progress=progress,
-                            runs_dir=args.runs, exclude_query=args.exclude_query, problems=problems)
+                            runs_dir=args.runs, exclude_query=args.exclude_query, problems=problems,
+                            modality_filter=not args.no_modality_filter)
     _report(problems)
     evaluated = sum(r.num_queries for r in results)
     dropped = sum(r.dropped_queries for r in results)
@@ -343,9 +394,9 @@ def cmd_train(args, progress: bool) -> int:
 
     if args.resume and not args.checkpoint_dir:
         raise InvalidInputError("--resume continues from saved checkpoints: give --checkpoint-dir too")
-    _check_device(args.device)
     problems = Problems(strict=args.strict)
-    index = Index.load(args.index_dir, generative=args.stage == "generator")  # other stages start afresh
+    # other stages start afresh
+    index = Index.load(args.index_dir, generative=args.stage == "generator", device=args.device)
     pairs = training_pairs(index, args.queries, qrels=args.qrels, root=args.root, instructions=args.instructions,
                            seed=args.seed, progress=progress, problems=problems)
     _report(problems)
@@ -371,19 +422,6 @@ def cmd_train(args, progress: bool) -> int:
     return 0
 
 
-def _check_device(device: str) -> None:
-    import torch
-
-    from .errors import InvalidInputError
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InvalidInputError(f"--device {device}: no CUDA device is available here; use --device cpu")
-    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
-        raise InvalidInputError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise InvalidInputError("--device mps: Apple's MPS backend is not available here; use --device cpu")
-
-
 def cmd_info(args, progress: bool) -> int:
     from .index.store import Manifest
 
@@ -407,7 +445,7 @@ def cmd_serve(args, progress: bool) -> int:
     from .serve import serve
 
     serve(args.index_dir, host=args.host, port=args.port, root=args.root,
-          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), device=args.device)
     return 0
 
 
@@ -418,4 +456,4 @@ def cmd_demo(args, progress: bool) -> int:
 
 
 COMMANDS = {"index": cmd_index, "add": cmd_add, "search": cmd_search, "eval": cmd_eval, "train": cmd_train,
-            "info": cmd_info, "serve": cmd_serve, "demo": cmd_demo}
+            "info": cmd_info, "serve": cmd_serve, "demo": cmd_demo, "convert": cmd_convert}

@@ -1,8 +1,10 @@
 """The encoder interface: items in, L2-normalised float32 vectors out.
 
 Every encoder returns the *parts* of an item separately (image and text embeddings plus presence masks),
-because generative retrieval consumes the parts and dense retrieval consumes their fusion. Fusion is
-UniIR's score fusion: a weighted sum of the unit-norm parts, renormalised.
+because generative retrieval consumes the parts and dense retrieval consumes their fusion. How parts are fused
+belongs to the encoder (``Encoder.fusion``, see :func:`fuse`): ``unit-sum`` (builtin, ``hf:``) normalises each part,
+sums them under weights and renormalises; ``raw-sum`` (UniIR CLIP-SF) sums the raw projected parts and normalises
+only the sum, as UniIR does.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ if TYPE_CHECKING:  # heavy or circular imports, needed only for annotations
 class Features:
     """Encoder output for n items, all arrays aligned on the first axis.
 
-    image, text: float32 [n, d], each row unit-norm where its mask is set, zeros elsewhere.
+    image, text: float32 [n, d], zeros where the mask is unset; unit rows for ``unit-sum`` encoders, raw projections
+    for ``raw-sum`` ones (CLIP-SF).
     image_mask, text_mask: bool [n].
     """
 
@@ -44,7 +47,8 @@ class Features:
         return int(self.image.shape[1])
 
     def fused(self, weights: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
-        """Score fusion f = normalize(w_img*m_img*e_img + w_txt*m_txt*e_txt): float32 [n, d], unit rows."""
+        """f = normalize(w_img*m_img*e_img + w_txt*m_txt*e_txt) of the parts as stored: float32 [n, d], unit rows.
+        Prefer ``fuse(features, encoder.fusion, weights)``, which also knows whether parts are normalised first."""
         w_img, w_txt = weights
         f = (w_img * self.image_mask[:, None]) * self.image + (w_txt * self.text_mask[:, None]) * self.text
         return l2_normalize(f.astype(np.float32, copy=False))
@@ -63,6 +67,25 @@ class Features:
     def empty(dim: int, n: int = 0) -> "Features":
         return Features(np.zeros((n, dim), np.float32), np.zeros((n, dim), np.float32),
                         np.zeros(n, bool), np.zeros(n, bool))
+
+
+FUSIONS = ("unit-sum", "raw-sum")
+
+
+def fuse(features: Features, policy: str = "unit-sum", weights: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+    """Score-fusion vectors float32 [n, d], unit rows, under an encoder's fusion ``policy``.
+
+    ``unit-sum``: normalize(w_img*m_img*normalize(e_img) + w_txt*m_txt*normalize(e_txt)), unimir's fusion for
+    encoders whose parts are unit vectors. ``raw-sum``: normalize(w_img*m_img*e_img + w_txt*m_txt*e_txt) over the raw
+    projections, UniIR CLIP-SF's score fusion (with weights 1, 1): the longer part dominates.
+    """
+    if policy == "raw-sum":
+        return features.fused(weights)
+    if policy != "unit-sum":
+        raise ValueError(f"unknown fusion policy {policy!r}: use one of {FUSIONS}")
+    unit = Features(l2_normalize(features.image), l2_normalize(features.text), features.image_mask,
+                    features.text_mask)
+    return unit.fused(weights)
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -104,6 +127,8 @@ class Encoder(ABC):
     #: spec string that reloads this encoder through :func:`unimir.encoders.load_encoder`
     spec: str
     dim: int
+    #: how parts become one dense vector (:func:`fuse`); an encoder whose parts are raw projections says raw-sum
+    fusion: str = "unit-sum"
     text_batch_size: int = 64
     image_batch_size: int = 8
 
@@ -128,6 +153,10 @@ class Encoder(ABC):
     def count_over_length(self, texts: Sequence[str]) -> int:
         """How many of ``texts`` the encoder truncates; 0 for encoders that do not know."""
         return 0
+
+    def fuse(self, features: Features, weights: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+        """This encoder's score fusion of ``features``: float32 [n, d], unit rows."""
+        return fuse(features, self.fusion, weights)
 
     # ------------------------------------------------------------------------------------------------------
     def encode(self, items: Sequence[Item], role: str = "candidate", *, batch_size: int | None = None,

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..devices import autocast, autocast_dtype
 from ..errors import NotFoundError, UnimirError
 from .base import Encoder, count_tokens_over, fingerprint_of, l2_normalize
 from .preprocess import center_crop_tensor
@@ -35,6 +36,8 @@ class HFDualEncoder(Encoder):
         if threads:
             torch.set_num_threads(threads)
         self.name, self.spec, self.device = name, f"hf:{name}", device
+        # fp16 autocast on a GPU; on the CPU these encoders stay float32, as before
+        self.amp = autocast_dtype(device) if torch.device(device).type == "cuda" else None
         try:
             config = AutoConfig.from_pretrained(name)
         except OSError as exc:
@@ -90,13 +93,17 @@ class HFDualEncoder(Encoder):
         batch = self.tokenizer(texts, padding=padding, truncation=True, max_length=self.max_length,
                                return_tensors="pt").to(self.device)
         batch.pop("token_type_ids", None)
-        return l2_normalize(_pooled(self.model.get_text_features(**batch)).float().cpu().numpy())
+        with autocast(self.device, self.amp):
+            out = _pooled(self.model.get_text_features(**batch))
+        return l2_normalize(out.float().cpu().numpy())
 
     @torch.inference_mode()
     def embed_images(self, images, role: str = "candidate") -> np.ndarray:
         pixels = torch.stack([center_crop_tensor(im, self.image_size, mean=self.mean, std=self.std, scale=1 / 255,
                                                  crop=self.crop) for im in images]).to(self.device)
-        return l2_normalize(_pooled(self.model.get_image_features(pixel_values=pixels)).float().cpu().numpy())
+        with autocast(self.device, self.amp):
+            out = _pooled(self.model.get_image_features(pixel_values=pixels))
+        return l2_normalize(out.float().cpu().numpy())
 
 
 def _pooled(out) -> torch.Tensor:

@@ -28,3 +28,26 @@ def center_crop_tensor(image: Image.Image, size: int, *, resize_to: int | None =
     arr = np.asarray(image, dtype=np.float32) * scale
     arr = (arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def clip_preprocess(image: Image.Image, size: int) -> torch.Tensor:
+    """OpenAI CLIP's transform exactly: Resize(size, bicubic) on the short side, CenterCrop(size), /255, CLIP
+    mean/std; float32 [3, size, size]. Written out because torchvision is unusable here; it follows torchvision's
+    arithmetic (long side truncated with int(), crop offsets rounded), not ``center_crop_tensor``'s."""
+    w, h = image.size
+    if (w, h) != (size, size):
+        if w <= h:
+            new_w, new_h = size, int(size * h / w)
+        else:
+            new_w, new_h = int(size * w / h), size
+        if (new_w, new_h) != (w, h):
+            image = image.resize((new_w, new_h), Image.BICUBIC)
+        w, h = image.size
+        top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+        image = image.crop((left, top, left + size, top + size))
+    arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    arr = (arr - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))

@@ -53,7 +53,8 @@ def evaluate(index: Index, query_files: Sequence["str | Path"], *, qrels: Sequen
              root: "str | Path | None" = None, ks: Sequence[int] = (1, 5, 10), mode: str = "dense",
              beams: int | None = None, instructions: "str | Path | InstructionTable | None" = None,
              seed: int = 0, batch_size: int = 256, progress: bool = False, runs_dir: "str | Path | None" = None,
-             exclude_query: bool = False, problems: Problems | None = None) -> list[EvalResult]:
+             exclude_query: bool = False, problems: Problems | None = None,
+             modality_filter: bool = True) -> list[EvalResult]:
     """Evaluate ``index`` on M-BEIR query files.
 
     Positives come from ``qrels`` files when given, else from each query's ``pos_cand_list``. The
@@ -61,7 +62,8 @@ def evaluate(index: Index, query_files: Sequence["str | Path"], *, qrels: Sequen
     or table), else from ``<root>/instructions/query_instructions.tsv`` when it exists, and are chosen
     deterministically per qid with ``seed``. Queries whose image cannot be read are skipped and counted.
     ``exclude_query`` drops candidates identical to the query (its own image or text) before scoring, as CIRR's
-    protocol drops the reference image.
+    protocol drops the reference image. ``modality_filter=False`` searches every candidate whatever its modality,
+    as UniIR's and GENIUS's union-pool evaluations do (only the instruction steers the modality).
     """
     problems = problems if problems is not None else Problems()
     if runs_dir is not None:
@@ -81,7 +83,8 @@ def evaluate(index: Index, query_files: Sequence["str | Path"], *, qrels: Sequen
         for q in queries:
             by_task.setdefault(q.task_id, []).append(q)
         rows = [_evaluate_group(index, qfile, task_id, group, relevant_map if qrels else None, data_root, table,
-                                tuple(ks), mode, beams, batch_size, progress, runs_dir, exclude_query, problems)
+                                tuple(ks), mode, beams, batch_size, progress, runs_dir, exclude_query, problems,
+                                modality_filter)
                 for task_id, group in sorted(by_task.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))]
         if not rows:  # nothing readable: still one row, so the file and its dropped count show
             rows = [EvalResult(queries=qfile.name, task_id=None, mode=mode, num_queries=0, recall={}, random={},
@@ -120,7 +123,7 @@ def check_writable_file(path: "str | Path", what: str = "output file") -> Path:
 
 
 def _evaluate_group(index, qfile, task_id, queries, relevant_map, data_root, table, ks, mode, beams, batch_size,
-                    progress, runs_dir, exclude_query, problems) -> EvalResult:
+                    progress, runs_dir, exclude_query, problems, modality_filter=True) -> EvalResult:
     prepared = prepare_queries(queries, index, data_root=data_root, instructions=table, relevant=relevant_map,
                                problems=problems, source=str(qfile))
     feats, ok = index.encoder.encode(prepared.items, "query", progress=progress, problems=problems)
@@ -130,7 +133,7 @@ def _evaluate_group(index, qfile, task_id, queries, relevant_map, data_root, tab
                           task=task_name(task_id) if task_id is not None else "",
                           pool=index.path.name if index.path else "pool", pool_size=len(index),
                           skipped_queries=prepared.skipped, missing_positives=prepared.missing_positives)
-    allowed = [(t,) if t else None for t in prepared.targets]
+    allowed = [(t,) if t and modality_filter else None for t in prepared.targets]
     duplicates = [index.duplicate_rows(q.query_txt, item.image) if exclude_query else set()
                   for q, item in zip(prepared.queries, prepared.items)]
     spec = eval_set(queries[0].dataset_id, task_id) if task_id is not None else None
@@ -150,6 +153,7 @@ def _evaluate_group(index, qfile, task_id, queries, relevant_map, data_root, tab
             ranking = ranking.without(dups)
             dids = [index.candidates[i].did for i in ranking.indices]
             is_rel = np.fromiter((d in rel for d in dids), dtype=bool, count=len(dids))
+            target = target if modality_filter else None  # the random baseline draws from what was searched
             in_pool = sum(1 for d in rel if d in index.row_of and (target is None or index.get(d).modality == target))
             for k in ks:
                 hits[k].append(expected_hit_at_k(ranking, is_rel, k))
@@ -171,7 +175,7 @@ def _evaluate_group(index, qfile, task_id, queries, relevant_map, data_root, tab
         (out / f"{name}.ties.tsv").write_text("qid\trank\tdid\ttie_group\n" + "\n".join(tie_lines) + "\n",
                                               encoding="utf-8")
     mean = lambda xs: float(np.mean(xs)) if xs else 0.0  # noqa: E731
-    target = prepared.targets[0] if prepared.targets else None
+    target = prepared.targets[0] if prepared.targets and modality_filter else None
     return EvalResult(
         queries=qfile.name, task_id=task_id, mode=mode, num_queries=len(prepared.items),
         recall={str(k): mean(hits[k]) for k in ks}, random={str(k): mean(rand[k]) for k in ks},

@@ -46,6 +46,7 @@ class _Weights:
     heads: int
     bias: torch.Tensor  # [T, T, H] T5 relative position bias of position i over position j
     level_out: list[torch.Tensor]  # per level, its rows of the tied embedding x output scale x final RMSNorm weight
+    full_out: torch.Tensor | None  # every row of it, for a generator whose softmax runs over the whole vocabulary
 
 
 _CACHE: "weakref.WeakKeyDictionary[IDGenerator, _Weights]" = weakref.WeakKeyDictionary()
@@ -95,8 +96,9 @@ def _fuse(model: IDGenerator, key: tuple) -> _Weights:
     out_scale = model.output_scale * decoder.final_layer_norm.weight
     level_out = [shared[vocab.level_offset(lv):vocab.level_offset(lv) + vocab.level_size(lv)] * out_scale
                  for lv in range(steps)]
+    full_out = shared * out_scale if model.config.softmax == "full" else None
     return _Weights(key, layers, shared.detach(), decoder.final_layer_norm.variance_epsilon, first.n_heads,
-                    first.relative_attention_bias(buckets).detach(), level_out)
+                    first.relative_attention_bias(buckets).detach(), level_out, full_out)
 
 
 class BeamDecoder:
@@ -153,8 +155,12 @@ class BeamDecoder:
         return F.rms_norm(h, (d,), None, w.eps)
 
     def log_probs(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
-        """Log-probabilities over level ``level``'s codes: float32 [rows, level_size]."""
-        return F.log_softmax(hidden @ self.w.level_out[level].T, dim=-1)
+        """Log-probabilities of level ``level``'s codes: float32 [rows, level_size], normalised over the level's codes
+        or, for a generator with ``softmax == "full"`` (GENIUS's released model), over the whole vocabulary."""
+        logits = hidden @ self.w.level_out[level].T
+        if self.w.full_out is None:
+            return F.log_softmax(logits, dim=-1)
+        return logits - torch.logsumexp(hidden @ self.w.full_out.T, dim=-1, keepdim=True)
 
     def reorder(self, parent: torch.Tensor) -> None:
         """New row r continues old row ``parent[r]`` (int64 [new rows]): reorder the self-attention cache (only

@@ -58,8 +58,13 @@ class GeneratorConfig:
     prefix_len: int = 6  # P prefix vectors (paper 30)
     dropout: float = 0.1
     embed_init_scale: float = 100.0  # alpha: norm of a code token's initial embedding (paper 100)
+    # "level": each step's softmax runs over its level's codes (unimir's training); "full": over the whole
+    # vocabulary, as GENIUS's reference trains and decodes (models imported by ``unimir convert genius``)
+    softmax: str = "level"
 
     def __post_init__(self) -> None:
+        if self.softmax not in ("level", "full"):
+            raise InvalidInputError(f"generator softmax must be 'level' or 'full', got {self.softmax!r}")
         if self.d_model % self.num_heads:
             raise InvalidInputError(f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}")
         for name in ("dim", "levels", "codebook_size", "num_layers", "d_model", "d_ff", "prefix_len"):
@@ -84,15 +89,18 @@ class GeneratorConfig:
 
 
 class LevelMaskedT5(T5ForConditionalGeneration):
-    """T5 whose logits at decoder position t are restricted to level t's tokens (then only </s>)."""
+    """T5 whose logits at decoder position t are restricted to level t's tokens (then only </s>); with
+    ``full_softmax`` nothing is masked, so its softmax is the plain full-vocabulary one."""
 
-    def __init__(self, config: T5Config, vocab: IDVocab):
+    def __init__(self, config: T5Config, vocab: IDVocab, full_softmax: bool = False):
         super().__init__(config)
         bias = torch.full((vocab.code_length + 1, vocab.size), float("-inf"))
         for level in range(vocab.code_length):
             lo = vocab.level_offset(level)
             bias[level, lo:lo + vocab.level_size(level)] = 0.0
         bias[vocab.code_length, EOS] = 0.0
+        if full_softmax:
+            bias.zero_()
         self.register_buffer("level_bias", bias, persistent=False)
 
     # The explicit signature matters: generate() validates its kwargs against it. It names both spellings of the
@@ -135,7 +143,7 @@ class IDGenerator(nn.Module):
                 vocab_size=self.vocab.size, d_model=config.d_model, d_kv=config.d_model // config.num_heads,
                 d_ff=config.d_ff, num_layers=0, num_decoder_layers=config.num_layers, num_heads=config.num_heads,
                 dropout_rate=config.dropout, feed_forward_proj="relu", pad_token_id=PAD, eos_token_id=EOS,
-                decoder_start_token_id=PAD), self.vocab)
+                decoder_start_token_id=PAD), self.vocab, full_softmax=config.softmax == "full")
         # T5 scales decoder outputs by d_model^-0.5 before the tied output layer.
         self.output_scale = config.d_model ** -0.5 if self.t5.config.scale_decoder_outputs else 1.0
 
@@ -179,6 +187,15 @@ class IDGenerator(nn.Module):
         lo = self.vocab.level_offset(level)
         return (hidden * self.output_scale) @ self.t5.shared.weight[lo:lo + self.vocab.level_size(level)].T
 
+    def level_log_probs(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
+        """Log-probabilities of level ``level``'s codes, float32 [..., level_size]: normalised over the level's
+        codes, or over the whole vocabulary when ``config.softmax == "full"``."""
+        logits = self.level_logits(hidden, level).float()
+        if self.config.softmax == "full":
+            every = ((hidden * self.output_scale) @ self.t5.shared.weight.T).float()
+            return logits - torch.logsumexp(every, dim=-1, keepdim=True)
+        return F.log_softmax(logits, dim=-1)
+
     def loss(self, z: torch.Tensor, codes: torch.Tensor) -> GeneratorLoss:
         """Teacher-forced cross-entropy of target codes int64 [n, L+1] given inputs z float32 [n, d]; each
         position's softmax runs over its level's codes only, as in ``LevelMaskedT5``."""
@@ -188,8 +205,12 @@ class IDGenerator(nn.Module):
                                  use_cache=False).last_hidden_state
         losses, correct = [], []
         for level in range(self.vocab.code_length):
-            logits = self.level_logits(hidden[:, level], level).float()
-            losses.append(F.cross_entropy(logits, codes[:, level], reduction="none"))
+            if self.config.softmax == "full":
+                logits = self.level_log_probs(hidden[:, level], level)
+                losses.append(-logits.gather(-1, codes[:, level, None]).squeeze(-1))
+            else:
+                logits = self.level_logits(hidden[:, level], level).float()
+                losses.append(F.cross_entropy(logits, codes[:, level], reduction="none"))
             correct.append(logits.argmax(-1) == codes[:, level])
         hits = torch.stack(correct, dim=1)
         return GeneratorLoss(torch.stack(losses, dim=1).mean(), hits.float().mean().item(),

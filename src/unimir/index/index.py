@@ -22,7 +22,7 @@ from ..data.ingest import load_pool
 from ..data.mbeir import format_text, query_text
 from ..data.problems import Problems
 from ..data.records import Candidate, Modality, parse_modalities
-from ..encoders import EmbeddingCache, Encoder, Features, Item, load_encoder
+from ..encoders import EmbeddingCache, Encoder, Features, Item, fuse, fusion_of, load_encoder
 from ..errors import IndexFormatError, InvalidInputError, NotFoundError, UnimirError
 from ..ranking import Ranking
 from .dense import DenseIndex, DenseSpec
@@ -76,12 +76,16 @@ class Index:
 
     def __init__(self, manifest: Manifest, candidates: list[Candidate], features: Features,
                  image_digests: list[str | None], dense: DenseIndex, *, path: Path | None = None,
-                 root: Path | None = None, generative=None, encoder: Encoder | None = None):
+                 root: Path | None = None, generative=None, encoder: Encoder | None = None,
+                 device: str | None = None):
         self.manifest, self.candidates, self.features = manifest, candidates, features
+        self.device = device  # where the encoder and the generative model run (None: cpu)
+        # fusion belongs to the encoder; its policy is known from the spec without loading the model
+        self.fusion = encoder.fusion if encoder is not None else fusion_of(manifest.encoder)
         self.image_digests, self.dense, self._generative = image_digests, dense, generative
         self.path = Path(path) if path else None
         self.root = Path(root) if root else (Path(manifest.root) if manifest.root else None)
-        self.fused = features.fused(manifest.fusion_weights)
+        self.fused = self.fuse(features)
         self.modality_codes = np.asarray([c.modality.code for c in candidates], dtype=np.int8)
         self.row_of = {c.did: i for i, c in enumerate(candidates)}
         self._encoder = encoder
@@ -109,7 +113,7 @@ class Index:
               root: "str | Path | None" = None, encoder: "str | Encoder" = "builtin", index: str = "flat",
               fusion_weights: tuple[float, float] = (1.0, 1.0), problems: Problems | None = None,
               progress: bool = False, batch_size: int | None = None, cache: bool = True,
-              allow_outside_root: bool = False) -> "Index":
+              allow_outside_root: bool = False, device: str | None = None) -> "Index":
         """Encode a pool (M-BEIR jsonl, image folder, text file, or a list of Candidate) into a new index.
 
         Bad items (missing or corrupt images, malformed lines) are skipped and recorded in ``problems``;
@@ -123,12 +127,13 @@ class Index:
             candidates, root_path = load_pool(source, root, problems, allow_outside_root=allow_outside_root)
         else:
             candidates, root_path = list(source), Path(root or ".").resolve()
-        enc = load_encoder(encoder) if isinstance(encoder, str) else encoder
+        enc = load_encoder(encoder, device=device) if isinstance(encoder, str) else encoder
         spec = DenseSpec.parse(index)
         manifest = Manifest(encoder=enc.spec, dim=enc.dim, index_spec=spec.spec,
                             fusion_weights=tuple(float(w) for w in fusion_weights), root=str(root_path),
                             created=now())
-        idx = cls(manifest, [], Features.empty(enc.dim), [], DenseIndex(enc.dim, spec), root=root_path, encoder=enc)
+        idx = cls(manifest, [], Features.empty(enc.dim), [], DenseIndex(enc.dim, spec), root=root_path, encoder=enc,
+                  device=device)
         idx.add(candidates, problems=problems, progress=progress, batch_size=batch_size, cache=cache, save=False)
         if not idx.candidates:
             raise InvalidInputError("no item could be indexed" + (f": {len(problems)} skipped, the first: "
@@ -139,16 +144,17 @@ class Index:
 
     @classmethod
     def load(cls, path: "str | Path", *, root: "str | Path | None" = None, encoder: Encoder | None = None,
-             generative: bool = True) -> "Index":
+             generative: bool = True, device: str | None = None) -> "Index":
         """Load an index directory. ``root`` overrides the data root recorded at build time (a moved dataset);
-        ``generative=False`` skips the generative model (to retrain it from scratch).
+        ``generative=False`` skips the generative model (to retrain it from scratch); ``device`` (cpu, cuda) is
+        where the encoder and the generative model run.
 
         Damaged or inconsistent files raise :class:`IndexFormatError`, never a raw parser error."""
         path = Path(path)
         for attempt in range(3):
             m = Manifest.read(path)
             try:
-                return cls._load_generation(path, m, root=root, encoder=encoder, generative=generative)
+                return cls._load_generation(path, m, root=root, encoder=encoder, generative=generative, device=device)
             except IndexFormatError:
                 # a writer may have committed a newer generation and deleted this one while it was being read
                 if attempt == 2 or not _generation_changed(path, m):
@@ -156,7 +162,8 @@ class Index:
         raise AssertionError("unreachable")
 
     @classmethod
-    def _load_generation(cls, path: Path, m: Manifest, *, root, encoder, generative: bool) -> "Index":
+    def _load_generation(cls, path: Path, m: Manifest, *, root, encoder, generative: bool,
+                         device: str | None = None) -> "Index":
         try:
             with open(path / m.files["candidates"], encoding="utf-8") as f:
                 rows = [json.loads(line) for line in f if line.strip()]
@@ -190,13 +197,14 @@ class Index:
                                    f"dimension {sorted({p.d for p in dense.parts.values()})}, the manifest says {n} "
                                    f"of dimension {m.dim}; {REBUILD}")
         index = cls(m, candidates, features, [r.get("image_sha1") for r in rows], dense, path=path,
-                    root=Path(root) if root else None, encoder=encoder)
+                    root=Path(root) if root else None, encoder=encoder, device=device)
         index._load_generative = generative
         if generative and m.files.get("generative"):
+            from ..devices import resolve_device
             from ..generator import GenerativeRetriever
 
             try:
-                retriever = GenerativeRetriever.load(path / m.files["generative"])
+                retriever = GenerativeRetriever.load(path / m.files["generative"], resolve_device(device))
             except (KeyError, OSError, ValueError, TypeError, RuntimeError, SafetensorError) as exc:
                 raise IndexFormatError(f"{path / m.files['generative']}: the generative model is unreadable "
                                        f"({_short(exc)}); run 'unimir train' again") from None
@@ -258,7 +266,7 @@ class Index:
         own_digests = self.image_digests[start:]
         retrained = self._generative if self._generative_changed else None
         latest = Index._load_generation(path, on_disk, root=self._root_override, encoder=self._encoder,
-                                        generative=retrained is None and self._load_generative)
+                                        generative=retrained is None and self._load_generative, device=self.device)
         m = latest.manifest
         if m.encoder != self.manifest.encoder or m.dim != self.manifest.dim:
             raise IndexFormatError(f"{path} was rebuilt with encoder {m.encoder!r} ({m.dim}-d) after this process "
@@ -321,7 +329,7 @@ class Index:
     def encoder(self) -> Encoder:
         """The encoder named in the manifest, loaded on first use."""
         if self._encoder is None:
-            self._encoder = load_encoder(self.manifest.encoder)
+            self._encoder = load_encoder(self.manifest.encoder, device=self.device)
         return self._encoder
 
     @encoder.setter
@@ -331,6 +339,11 @@ class Index:
             raise InvalidInputError(f"encoder {encoder.spec!r} ({encoder.dim}-d) does not match this index's "
                                     f"{self.manifest.encoder!r} ({self.manifest.dim}-d)")
         self._encoder = encoder
+        self.fusion = encoder.fusion
+
+    def fuse(self, features: Features) -> np.ndarray:
+        """Score-fusion vectors of ``features`` under this index's encoder policy and fusion weights."""
+        return fuse(features, self.fusion, self.manifest.fusion_weights)
 
     def __len__(self) -> int:
         return len(self.candidates)
@@ -435,7 +448,7 @@ class Index:
     def _append(self, kept: list[Candidate], feats: Features, digests: list[str | None]) -> None:
         first = len(self.candidates)
         codes = np.asarray([c.modality.code for c in kept], dtype=np.int8)
-        fused = feats.fused(self.manifest.fusion_weights)
+        fused = self.fuse(feats)
         self.dense.add(fused, codes, first)
         if self.generative is not None:
             self.generative.add(feats, codes)
@@ -510,9 +523,9 @@ class Index:
         self._check_request(k, mode, beams)
         codes = [None if a is None else tuple(m.code for m in a) for a in allowed]
         if mode == "dense":
-            return self.dense.search(queries.fused(self.manifest.fusion_weights), k, codes)
+            return self.dense.search(self.fuse(queries), k, codes)
         return self.generative.search(queries, codes, k=k, mode=mode, beams=DEFAULT_BEAMS if beams is None else beams,
-                                      query_fused=queries.fused(self.manifest.fusion_weights),
+                                      query_fused=self.fuse(queries),
                                       cand_fused=self.fused)
 
     def _check_request(self, k: int, mode: str, beams: int | None = None) -> None:

@@ -49,8 +49,9 @@ def create_app(index: "Index", max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
 
 
 def serve(index_dir: "str | Path", host: str = "127.0.0.1", port: int = 8000, root: "str | Path | None" = None,
-          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
-    """Load the index at ``index_dir`` (``root`` overrides its data root) and serve it until interrupted.
+          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, device: str | None = None) -> None:
+    """Load the index at ``index_dir`` (``root`` overrides its data root; ``device``: where models run) and serve
+    it until interrupted.
 
     The port is bound first, so a busy port fails at once with one line, before the index is loaded and before
     anything claims to be serving.
@@ -62,7 +63,7 @@ def serve(index_dir: "str | Path", host: str = "127.0.0.1", port: int = 8000, ro
 
     sock = bind_socket(host, port)
     try:
-        index = Index.load(Path(index_dir), root=root)
+        index = Index.load(Path(index_dir), root=root, device=device)
         app = create_app(index, max_upload_bytes, warm_up=True)
         logging.getLogger("unimir.serve").setLevel(logging.INFO)
         config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_keep_alive=30,
