@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import UnimirError
+from .errors import InvalidInputError, UnimirError
 
 
 def _ks(value: str) -> tuple[int, ...]:
@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("pool", help="same kinds of input as 'unimir index'")
     s.add_argument("--root")
     s.add_argument("--strict", action="store_true")
+    s.add_argument("--no-refresh", action="store_true", help="skip the short fine-tune that teaches a trained "
+                   "generator the new items (run 'unimir train --stage index' later)")
 
     s = sub.add_parser("search", help="search an index by text, image or both")
     s.add_argument("index_dir")
@@ -81,14 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--exclude-query", action="store_true",
                    help="drop candidates identical to the query (its own image or text), as CIRR does")
     s.add_argument("--json", dest="json_out", help="write results as JSON to this file")
+    s.add_argument("--diagnose", action="store_true", help="for generative modes, also show where recall is lost "
+                   "(positive's ID among the beams, shortlist sizes, quantizer's exact IDs)")
 
     s = sub.add_parser("train", help="train the generative retriever (quantizer, then ID generator) of an index")
     s.add_argument("index_dir")
-    s.add_argument("--queries", action="append", required=True, help="M-BEIR training query .jsonl (repeatable)")
+    s.add_argument("--queries", action="append", default=[],
+                   help="M-BEIR training query .jsonl (repeatable; not needed for --stage index)")
     s.add_argument("--qrels", action="append", default=[], help="qrels file(s); default: pos_cand_list")
     s.add_argument("--root", help="data root of the query images (default: the M-BEIR root above query/)")
     s.add_argument("--instructions", help="query_instructions.tsv (default: <root>/instructions/...)")
-    s.add_argument("--stage", default="all", choices=("quantizer", "generator", "all"))
+    s.add_argument("--stage", default="all", choices=("quantizer", "generator", "index", "all"),
+                   help="index: teach the trained generator items added since (after 'unimir add --no-refresh')")
     s.add_argument("--quantizer", help="quantizer spec, e.g. M3+RQ3x64 (levels x codebook size)")
     s.add_argument("--quantizer-epochs", type=int, default=None)
     s.add_argument("--epochs", type=int, default=None, help="generator epochs")
@@ -100,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--checkpoint-dir", help="keep resumable checkpoints here")
     s.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
+    # generalisation (docs/bench/generative-ablation.md)
+    s.add_argument("--val-share", type=float, default=None, help="share of training targets held out for "
+                   "validation and early stopping (default 0.1; 0: none)")
+    s.add_argument("--patience", type=int, default=None, help="validation runs without gain before stopping")
+    s.add_argument("--pool-noise", type=float, default=None, help="noise on index-time pool pairs (default 0.5)")
+    s.add_argument("--no-pool-pairs", action="store_true", help="train on (query, positive) pairs only")
 
     s = sub.add_parser("info", help="show an index's manifest")
     s.add_argument("index_dir")
@@ -160,7 +172,7 @@ def cmd_add(args, progress: bool) -> int:
     problems = Problems(strict=args.strict)
     index = Index.load(args.index_dir)
     candidates, root = load_pool(args.pool, args.root, problems)
-    added = index.add(candidates, root=root, problems=problems, progress=progress)
+    added = index.add(candidates, root=root, problems=problems, progress=progress, refresh=not args.no_refresh)
     print(f"added {added} items; the index now holds {len(index)}")
     if len(problems):
         print(problems.summary(), file=sys.stderr)
@@ -198,8 +210,14 @@ def cmd_eval(args, progress: bool) -> int:
     for mode in [m.strip() for m in args.mode.split(",") if m.strip()]:
         results += evaluate(index, args.queries, qrels=args.qrels, root=args.root, ks=args.k, mode=mode,
                             beams=args.beams, instructions=args.instructions, seed=args.seed, progress=progress,
-                            runs_dir=args.runs, exclude_query=args.exclude_query)
+                            runs_dir=args.runs, exclude_query=args.exclude_query, diagnose=args.diagnose)
     print(format_table(results))
+    diagnosed = [(f"{r.task or r.queries} ({r.mode})", r.extra["diagnosis"]) for r in results
+                 if r.extra.get("diagnosis")]
+    if diagnosed:
+        from .eval.diagnose import format_diagnosis
+
+        print("\nwhere generative recall is lost:\n" + format_diagnosis(diagnosed))
     missing = sum(r.missing_positives for r in results)
     if missing:
         print(f"note: {missing} relevant ids are not in this pool; they cap the achievable recall", file=sys.stderr)
@@ -215,19 +233,25 @@ def cmd_train(args, progress: bool) -> int:
     from .quantizer import QuantizerTrainConfig
     from .training import train, training_pairs
 
-    index = Index.load(args.index_dir, generative=args.stage == "generator")  # other stages start afresh
-    pairs = training_pairs(index, args.queries, qrels=args.qrels, root=args.root, instructions=args.instructions,
-                           seed=args.seed, progress=progress)
-    print(f"{len(pairs)} training pairs from {', '.join(Path(q).name for q in args.queries)}")
+    index = Index.load(args.index_dir, generative=args.stage in ("generator", "index"))  # others start afresh
+    pairs = None
+    if args.stage != "index":
+        if not args.queries:
+            raise InvalidInputError(f"--stage {args.stage} needs --queries (M-BEIR training queries)")
+        pairs = training_pairs(index, args.queries, qrels=args.qrels, root=args.root,
+                               instructions=args.instructions, seed=args.seed, progress=progress)
+        print(f"{len(pairs)} training pairs from {', '.join(Path(q).name for q in args.queries)}")
     pick = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731
     report = train(
         index, pairs, stage=args.stage, quantizer=args.quantizer,
         quantizer_config=QuantizerTrainConfig(**pick(epochs=args.quantizer_epochs, seed=args.seed,
                                                       device=args.device)),
-        generator=GeneratorConfig(**pick(layers=args.layers, d_model=args.d_model)),
+        generator=GeneratorConfig(**pick(num_layers=args.layers, d_model=args.d_model)),
         generator_config=GeneratorTrainConfig(**pick(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                                     seed=args.seed, device=args.device)),
-        progress=progress, checkpoint_dir=args.checkpoint_dir, resume=args.resume)
+                                                     seed=args.seed, device=args.device, val_share=args.val_share,
+                                                     patience=args.patience, pool_noise=args.pool_noise),
+                                              pool_pairs=not args.no_pool_pairs),
+        progress=progress, checkpoint_dir=args.checkpoint_dir, resume=args.resume, log=not args.quiet)
     if report.collisions is not None:
         c = report.collisions
         print(f"semantic IDs: {c.n_distinct} distinct for {c.n_items} items (ratio {c.distinct_ratio:.3f}), "
@@ -241,9 +265,13 @@ def cmd_train(args, progress: bool) -> int:
 
 
 def cmd_info(args, progress: bool) -> int:
+    from .health import format_report
     from .index.store import Manifest
 
-    print(json.dumps(Manifest.read(Path(args.index_dir)).to_json(), indent=2))
+    manifest = Manifest.read(Path(args.index_dir)).to_json()
+    print(json.dumps(manifest, indent=2))
+    for stage, report in ((manifest.get("generative") or {}).get("health") or {}).items():
+        print(format_report(stage, report), file=sys.stderr)  # readable form; stdout stays JSON
     return 0
 
 

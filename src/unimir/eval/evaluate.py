@@ -45,7 +45,8 @@ def evaluate(index: Index, query_files: Sequence["str | Path"], *, qrels: Sequen
              root: "str | Path | None" = None, ks: Sequence[int] = (1, 5, 10), mode: str = "dense",
              beams: int | None = None, instructions: "str | Path | InstructionTable | None" = None,
              seed: int = 0, batch_size: int = 256, progress: bool = False, runs_dir: "str | Path | None" = None,
-             exclude_query: bool = False, problems: Problems | None = None) -> list[EvalResult]:
+             exclude_query: bool = False, problems: Problems | None = None,
+             diagnose: bool = False) -> list[EvalResult]:
     """Evaluate ``index`` on M-BEIR query files.
 
     Positives come from ``qrels`` files when given, else from each query's ``pos_cand_list``. The
@@ -53,7 +54,8 @@ def evaluate(index: Index, query_files: Sequence["str | Path"], *, qrels: Sequen
     or table), else from ``<root>/instructions/query_instructions.tsv`` when it exists, and are chosen
     deterministically per qid with ``seed``. Queries whose image cannot be read are skipped and counted.
     ``exclude_query`` drops candidates identical to the query (its own image or text) before scoring, as CIRR's
-    protocol drops the reference image.
+    protocol drops the reference image. ``diagnose`` adds, for generative modes, where recall is lost
+    (``unimir.eval.diagnose``) to each result's ``extra["diagnosis"]``.
     """
     problems = problems if problems is not None else Problems()
     relevant_map: Qrels = {}
@@ -72,12 +74,12 @@ def evaluate(index: Index, query_files: Sequence["str | Path"], *, qrels: Sequen
         for task_id, group in sorted(by_task.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
             results.append(_evaluate_group(index, qfile, task_id, group, relevant_map if qrels else None, data_root,
                                            table, tuple(ks), mode, beams, batch_size, progress, runs_dir,
-                                           exclude_query, problems))
+                                           exclude_query, problems, diagnose))
     return results
 
 
 def _evaluate_group(index, qfile, task_id, queries, relevant_map, data_root, table, ks, mode, beams, batch_size,
-                    progress, runs_dir, exclude_query, problems) -> EvalResult:
+                    progress, runs_dir, exclude_query, problems, diagnose=False) -> EvalResult:
     prepared = prepare_queries(queries, index, data_root=data_root, instructions=table, relevant=relevant_map,
                                problems=problems, source=str(qfile))
     feats, ok = index.encoder.encode(prepared.items, "query", progress=progress, problems=problems)
@@ -113,13 +115,21 @@ def _evaluate_group(index, qfile, task_id, queries, relevant_map, data_root, tab
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{qfile.stem}.task{task_id}.{pool_name}.{mode}.run").write_text("\n".join(run_lines) + "\n")
     mean = lambda xs: float(np.mean(xs)) if xs else 0.0  # noqa: E731
+    extra = {}
+    if diagnose and mode != "dense":
+        from ..index.index import DEFAULT_BEAMS
+        from .diagnose import diagnose as diagnose_queries
+
+        rows = [{index.row_of[d] for d in rel if d in index.row_of} for rel in prepared.relevant]
+        extra["diagnosis"] = diagnose_queries(index, feats, [t.code if t else None for t in prepared.targets], rows,
+                                              beams or DEFAULT_BEAMS)
     target = prepared.targets[0] if prepared.targets else None
     return EvalResult(
         queries=qfile.name, task_id=task_id, mode=mode, num_queries=len(prepared.items),
         recall={str(k): mean(hits[k]) for k in ks}, random={str(k): mean(rand[k]) for k in ks},
         dataset=spec.dataset if spec else "", task=task_name(task_id) if task_id is not None else "",
         headline_k=spec.headline_k if spec else 5, pool=pool_name, pool_size=pool_sizes[target],
-        skipped_queries=prepared.skipped, missing_positives=prepared.missing_positives)
+        skipped_queries=prepared.skipped, missing_positives=prepared.missing_positives, extra=extra)
 
 
 def format_table(results: Sequence[EvalResult], *, baseline: bool = True) -> str:

@@ -174,7 +174,8 @@ class Index:
             self.generative.save(path / files["generative"], extra=self._pool_identity())
             m.generative = {"quantizer": self.generative.quantizer.config.spec,
                             "generator": self.generative.generator is not None,
-                            "collisions": self.generative.stats.to_dict()}
+                            "collisions": self.generative.stats.to_dict(),
+                            "health": self.generative.health, "learned_rows": self.generative.learned_rows}
         m.files, m.num_items = files, len(self.candidates)
         m.modality_counts = {mod.value: int((self.modality_codes == mod.code).sum()) for mod in Modality}
         commit_manifest(path, m)
@@ -207,8 +208,11 @@ class Index:
 
     def add(self, candidates: Sequence[Candidate], *, root: "str | Path | None" = None,
             problems: Problems | None = None, progress: bool = False, batch_size: int | None = None,
-            cache: bool = True, save: bool = True) -> int:
+            cache: bool = True, save: bool = True, refresh: bool = True) -> int:
         """Encode and append candidates without rebuilding; returns how many were added.
+
+        With a trained generator and ``refresh``, a short index-time fine-tune teaches it the new items' IDs
+        (``GenerativeRetriever.refresh``); ``refresh=False`` defers that to ``unimir train --stage index``.
 
         Image paths resolve against ``root`` (default: the index's data root). Items with a duplicate id or a
         bad image are skipped and recorded in ``problems`` (or raise, when it is strict or not given).
@@ -246,6 +250,8 @@ class Index:
             if not kept:
                 return 0
             self._append(kept, feats, [d for d, good in zip(digests, ok) if good])
+            if refresh and self.generative is not None and self.generative.generator is not None:
+                self.generative.refresh(self.features, log=progress)
             if save and self.path is not None:
                 self.save()
             return len(kept)
