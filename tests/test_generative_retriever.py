@@ -221,3 +221,24 @@ def test_refresh_is_bounded(indexed_with_pool, corpus):
     grown.index(corpus.candidates, corpus.modalities)
     done = grown.refresh(corpus.candidates, rows=np.arange(N_ITEMS), epochs=50, max_steps=7, log=False)
     assert done["steps"] <= 7
+
+
+def test_diagnosis_agrees_with_the_rerank_shortlist(retriever, corpus, split):
+    """The positive's ID is among the beams exactly when the positive is in generative-rerank's uncapped shortlist
+    (the union of the beams' buckets), and the shortlist size is that ranking's length."""
+    from types import SimpleNamespace
+
+    from unimir.eval.diagnose import diagnose
+
+    rows = split[1][corpus.positives[split[1]] < N_INDEXED][:40]
+    queries, targets = corpus.queries[rows], corpus.query_targets[rows]
+    relevant = [{int(p)} for p in corpus.positives[rows]]
+    found = diagnose(SimpleNamespace(generative=retriever), queries, list(targets), relevant, beams=10)
+    fused = corpus.candidates[:N_INDEXED].fused()
+    full = retriever.search(queries, targets, k=N_INDEXED, beams=10, mode="generative-rerank",
+                            query_fused=queries.fused(), cand_fused=fused)
+    in_shortlist = [int(p) in set(r.indices.tolist()) for r, p in zip(full, corpus.positives[rows])]
+    assert found["queries"] == len(rows)
+    assert found["positive_id_in_beams"] == pytest.approx(np.mean(in_shortlist))
+    assert found["shortlist_mean"] == pytest.approx(np.mean([len(r) for r in full]), abs=1e-4)
+    assert 0.0 <= found["positive_id_in_top5_beams"] <= found["positive_id_in_beams"]
