@@ -43,7 +43,7 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
 SMOKE = {"smoke": ("smoke test: one epoch of each stage", {"epochs": 1}, {"epochs": 1})}
 
 
-def run(names: list[str], scratch: Path) -> dict:
+def run(names: list[str], scratch: Path, keep: Path | None = None) -> dict:
     root = demo_corpus()
     union = Index.build(root / "cand_pool" / "mbeir_demo_cand_pool.jsonl", scratch / "union", root=root)
     union.encoder = ge.MemoEncoder(union.encoder)
@@ -61,6 +61,8 @@ def run(names: list[str], scratch: Path) -> dict:
         t0 = time.perf_counter()
         report = train(union, pairs, quantizer_config=qcfg, generator_config=gcfg, save=False)
         train_s = time.perf_counter() - t0
+        if keep is not None:  # the trained model, so that a failed evaluation need not retrain
+            union.save(keep / f"{name}-index")
         test_index = test_pool_index(union)
         test_index.encoder = union.encoder
         rows = ge.evaluate_settings(union, test_index)
@@ -80,7 +82,8 @@ def render(results: dict, command: str) -> str:
     m = results["machine"]
     out = [
         "# Generative retrieval: generalisation ablation (demo corpus, unseen-target split)", "",
-        f"Made by `{command}` on {m.get('cpu', 'this machine')} ({m.get('torch_threads', '?')} torch threads, load average {m.get('load_start', ['?'])[0]} at the start), "
+        f"Made by `{command}` on {m.get('cpu', 'this machine')} ({m.get('torch_threads', '?')} torch threads, "
+        f"load average {m.get('load_start', ['?'])[0]} at the start), "
         "a machine shared with other engineers' jobs (training times are inflated and noisy; recalls are not "
         "affected). Every variant trains quantizer + generator from scratch on the "
         f"{results['pairs']} (query, positive) pairs of `query/train/mbeir_demo_unseen_train.jsonl` (instruction "
@@ -127,13 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     command = "python -m benchmarks.generative_ablation" + (" " + " ".join(argv) if argv else "")
     if args.render:
-        parts = [json.loads((args.parts / f"{n}.json").read_text()) for n in names if (args.parts / f"{n}.json").exists()]
+        parts = [json.loads((args.parts / f"{n}.json").read_text()) for n in names
+                 if (args.parts / f"{n}.json").exists()]
         results = {**parts[0], "variants": {k: v for part in parts for k, v in part["variants"].items()}}
         command = ("python -m benchmarks.generative_ablation --variants NAME --parts DIR (one process per variant), "
                    "then --render")
     else:
         with tempfile.TemporaryDirectory(prefix="unimir-ablation-") as tmp:
-            results = run(names, Path(tmp))
+            results = run(names, Path(tmp), keep=args.parts)
         if args.parts:
             args.parts.mkdir(parents=True, exist_ok=True)
             for name in names:

@@ -19,6 +19,7 @@ import numpy as np
 
 from unimir.demo import SETTINGS, setting_index
 from unimir.eval import evaluate
+from unimir.index import Index
 
 MODES = ("dense", "generative", "generative-rerank", "quantize")
 HEADLINE = "5"

@@ -86,8 +86,9 @@ def build(corpus: Path, seed: int = SEED) -> dict:
         return "mixed" if len(sides) > 1 else ("test" if sides.pop() else "train")
 
     stats: dict = {"bases": len(numbers), "test_bases": len(test_bases)}
-    write_jsonl(corpus / "cand_pool" / "mbeir_demo_unseen_train_cand_pool.jsonl", [c for c in pool if not in_test[c["did"]]])
-    write_jsonl(corpus / "cand_pool" / "mbeir_demo_unseen_test_cand_pool.jsonl", [c for c in pool if in_test[c["did"]]])
+    for name, wanted in (("train", False), ("test", True)):
+        write_jsonl(corpus / "cand_pool" / f"mbeir_demo_unseen_{name}_cand_pool.jsonl",
+                    [c for c in pool if in_test[c["did"]] == wanted])
     stats["pool"] = Counter("test" if in_test[c["did"]] else "train" for c in pool)
     kept_train = [q for q in train if side(q) == "train"]
     write_jsonl(corpus / "query" / "train" / "mbeir_demo_unseen_train.jsonl", kept_train)
@@ -118,9 +119,9 @@ modified copies); the {s['bases']} bases are split at random into two halves, so
 |---|---|
 | `cand_pool/mbeir_demo_unseen_train_cand_pool.jsonl` | {s['pool']['train']} candidates (training pool) |
 | `cand_pool/mbeir_demo_unseen_test_cand_pool.jsonl` | {s['pool']['test']} candidates (test pool, disjoint) |
-| `query/train/mbeir_demo_unseen_train.jsonl` | {s['train_queries']} training queries, every positive in the training pool |
+| `query/train/mbeir_demo_unseen_train.jsonl` | {s['train_queries']} training queries, positives in the training pool |
 | `query/test/mbeir_demo_unseen_task{{0,3,4,7}}_test.jsonl` | positives in the test pool: {per_task('unseen')} |
-| `query/test/mbeir_demo_seen_task{{0,3,4,7}}_test.jsonl` | positives in the training pool (seen targets): {per_task('seen')} |
+| `query/test/mbeir_demo_seen_task{{0,3,4,7}}_test.jsonl` | positives are training targets: {per_task('seen')} |
 
 A model trained on `mbeir_demo_unseen_train.jsonl` has never seen an unseen test query's positive as a target. Search
 the unseen test queries in the test pool (the M-BEIR local setting) or in the full pool (union of both halves).

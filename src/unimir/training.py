@@ -93,7 +93,8 @@ def train(index: Index, pairs: TrainingPairs | None, *, stage: str = "all", quan
     ``checkpoint_dir`` keeps resumable checkpoints of both stages (``resume=True`` continues from them).
     ``generator_config.val_share`` of the training targets are held out of both stages as unseen validation
     targets: they drive the generator's early stopping and the health reports (``unimir.health``), which are
-    printed to stderr (``report_to_stderr``) and stored with the model; ``log`` prints periodic progress lines. Stage ``index`` (no pairs needed) is the index-time
+    printed to stderr (``report_to_stderr``) and stored with the model; ``log`` prints periodic progress lines.
+    Stage ``index`` (no pairs needed) is the index-time
     fine-tune of ``GenerativeRetriever.refresh``: it teaches the generator items added since it was trained.
     """
     if stage not in STAGES:

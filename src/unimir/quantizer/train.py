@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..training_log import StepLog
 from .checkpoint import load_training_state, save_training_state
 from .combiner import FeatureTensors
 from .config import QuantizerTrainConfig
 from .optim import adamw, warmup_cosine
 from .pairs import TrainingPairs
-from ..training_log import StepLog
 from .residual import QuantizeOutput
 
 if TYPE_CHECKING:
