@@ -29,13 +29,17 @@ class MemoEncoder:
     """The index's encoder, remembering whole ``encode`` calls: every mode re-encodes the same query files."""
 
     def __init__(self, inner):
+        from unimir.encoders import EmbeddingCache
+
         self.inner, self.spec, self.dim = inner, inner.spec, inner.dim
         self.memo: dict[tuple, Any] = {}
+        self.cache = EmbeddingCache()  # evaluation passes none; query images are the slow part
 
     def encode(self, items, role="candidate", **kwargs):
         key = (role, tuple((it.text, str(it.image)) for it in items))
         if key not in self.memo:
-            self.memo[key] = self.inner.encode(items, role, **kwargs)
+            self.memo[key] = self.inner.encode(items, role, **{"cache": self.cache, **{k: v for k, v in kwargs.items()
+                                                                                        if v is not None}})
         return self.memo[key]
 
 

@@ -134,8 +134,6 @@ def run_demo(out: "str | Path | None" = None, *, train: bool = True, progress: b
     return 0
 
 
-
-
 def _mean_line(results) -> str:
     """Mean headline recall over tasks per mode, with the ratio to dense."""
     by_mode: dict[str, list[float]] = {}

@@ -186,10 +186,16 @@ class Encoder(ABC):
             except OSError:
                 keys.append(None)  # open_image below reports the file properly
         found = cache.get_many(self.spec, f"image:{role}", list({k for k in keys if k})) if cache else {}
-        todo = [i for i, k in enumerate(keys) if k is None or k not in found]
+        todo, first_of, copies = [], {}, []  # an image repeated in one call (per instruction) is encoded once
         for i, k in enumerate(keys):
             if k is not None and k in found:
                 out[i], good[i] = found[k], True
+            elif k is not None and k in first_of:
+                copies.append((i, first_of[k]))
+            else:
+                todo.append(i)
+                if k is not None:
+                    first_of[k] = i
         bs = batch_size or self.image_batch_size
         fresh: dict[str, np.ndarray] = {}
 
@@ -216,6 +222,8 @@ class Encoder(ABC):
                     out[rows], good[rows] = vecs, True
                     fresh.update((keys[i], v) for i, v in zip(rows, vecs) if keys[i] is not None)
                 bar.update(len(batches[b]))
+        for i, source in copies:
+            out[i], good[i] = out[source], good[source]
         if cache and fresh:
             cache.put_many(self.spec, f"image:{role}", fresh)
         return out, good
