@@ -44,7 +44,7 @@ def old_recall(index: Index) -> float:
     return float(np.mean([r.recall["5"] for r in results]))
 
 
-def run(trained: Path, n: int, scratch: Path) -> dict:
+def run(trained: Path, n: int, scratch: Path, refresh_args: dict | None = None) -> dict:
     shutil.copytree(trained, scratch / "index")
     index = Index.load(scratch / "index")
     index.encoder = MemoEncoder(index.encoder)
@@ -60,7 +60,8 @@ def run(trained: Path, n: int, scratch: Path) -> dict:
     dids = [c.did for c in new]
     out["added_own_text_codes_only"] = own_text_hits(index, dids)
     t0 = time.perf_counter()
-    out["refresh"] = index.generative.refresh(index.features, log=False)
+    out["refresh"] = index.generative.refresh(index.features, log=False, **(refresh_args or {}))
+    out["refresh_args"] = refresh_args or {}
     out["refresh_s"] = time.perf_counter() - t0
     out["added_own_text_refreshed"] = own_text_hits(index, dids)
     out["old_own_text_after"] = own_text_hits(index, old)
@@ -87,7 +88,8 @@ of the four tasks.
 {r['old_recall_after']:.3f} |
 
 The refresh trained {r['refresh']['rows']} new items beside {r['refresh']['replay']} replayed old ones for
-{r['refresh']['epochs']} epochs, {r['refresh']['steps']} steps, in {r['refresh_s']:.1f} s.
+{r['refresh']['epochs']} epochs, {r['refresh']['steps']} steps, in {r['refresh_s']:.1f} s (refresh arguments:
+{r['refresh_args'] or 'the defaults'}).
 """
 
 
@@ -96,9 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("trained", type=Path)
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--out", type=Path, default=machine.REPO / "docs" / "bench" / "generative-add.md")
+    ap.add_argument("--lr", type=float, default=None, help="refresh learning rate (default: refresh()'s)")
+    ap.add_argument("--replay", type=float, default=None, help="old items replayed per new item")
     args = ap.parse_args(argv)
+    refresh_args = {k: v for k, v in (("lr", args.lr), ("replay", args.replay)) if v is not None}
     with tempfile.TemporaryDirectory(prefix="unimir-add-") as tmp:
-        result = run(args.trained, args.n, Path(tmp))
+        result = run(args.trained, args.n, Path(tmp), refresh_args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(result, f"python -m benchmarks.generative_add TRAINED_INDEX --n {args.n}"))
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
