@@ -207,7 +207,7 @@ def test_refresh_teaches_added_items_and_keeps_old_ones(indexed_with_pool, corpu
         return expected_recall(found, rows, 5)
 
     new_before, old_before = own_recall(new), own_recall(old)
-    done = grown.refresh(corpus.candidates, log=False)  # the defaults: 30 epochs at lr 3e-3
+    done = grown.refresh(corpus.candidates, lr=3e-3, replay=3.0, log=False)
     assert done["rows"] == N_ITEMS - N_INDEXED and done["replay"] == 3 * (N_ITEMS - N_INDEXED)
     assert grown.learned_rows == N_ITEMS
     new_after, old_after = own_recall(new), own_recall(old)

@@ -152,7 +152,7 @@ class GenerativeRetriever:
         return report
 
     def refresh(self, features: Features, rows: np.ndarray | None = None, *, epochs: int = 30,
-                replay: float = 3.0, max_steps: int = 400, lr: float = 3e-3, seed: int = 0,
+                replay: float = 8.0, max_steps: int = 400, lr: float = 1e-3, seed: int = 0,
                 log: bool = True) -> dict[str, Any]:
         """Index-time fine-tune: teach the generator the IDs of indexed rows it does not know yet.
 
