@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import unimir
-from unimir.demo import demo_corpus
+from unimir.demo import demo_corpus, unseen_train_file
 from unimir.encoders.cache import default_cache_dir
 from unimir.generator import GeneratorTrainConfig
 from unimir.index import Index
@@ -35,7 +35,8 @@ def pool_file(root: Path) -> Path:
 
 
 def train_file(root: Path) -> Path:
-    return root / "query" / "train" / "mbeir_demo_train.jsonl"
+    """The unseen-target split's training queries: the quality section measures unseen targets first."""
+    return unseen_train_file(root)
 
 
 def build(out: Path) -> tuple[Index, float]:

@@ -75,7 +75,8 @@ def _short(n: int) -> str:
 
 def quality(quality: dict, folder: Path) -> str:
     """R@5 per task, one bar per mode, the random baseline as a tick."""
-    rows = quality["rows"]
+    setting = quality.get("summary_setting")
+    rows = [r for r in quality["rows"] if r.get("setting") == setting] if setting else quality["rows"]
     tasks = list(dict.fromkeys(r["queries"] for r in rows))
     modes = quality["modes"]
     width = 0.8 / len(modes)
@@ -89,7 +90,8 @@ def quality(quality: dict, folder: Path) -> str:
                color="black", label="random", zorder=3)
     labels = {r["queries"]: f"{r['task']}\n{r['queries'].removeprefix('mbeir_demo_')}" for r in rows}
     ax.set_xticks([t + 0.4 - width / 2 for t in range(len(tasks))], [labels[t] for t in tasks], fontsize=8)
-    ax.set(ylabel="Recall@5 (%)", title="Demo corpus: Recall@5 per task and mode")
+    title = "Demo corpus: Recall@5 per task and mode" + (f" ({setting})" if setting else "")
+    ax.set(ylabel="Recall@5 (%)", title=title)
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
     return _save(fig, folder, "bench_quality.png")

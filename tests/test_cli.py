@@ -71,29 +71,50 @@ def test_train_then_search_and_eval_every_mode(corpus, tmp_path):
     the generator learns the caption -> ID map anyway.)"""
     out = tmp_path / "idx"
     unimir("index", corpus["pool"], "--out", out)
-    proc = unimir("train", out, "--queries", corpus["t2i"], "--quantizer", "M3+RQ2x8", "--quantizer-epochs", "5",
-                  "--epochs", "200", "--batch-size", "16")
+    proc = unimir("--threads", "1", "train", out, "--queries", corpus["t2i"], "--quantizer", "M3+RQ2x8",
+                  "--quantizer-epochs", "5",
+                  "--epochs", "200", "--batch-size", "36", "--val-share", "0")
     assert "semantic IDs:" in proc.stdout and "modes now available: dense, generative, generative-rerank, quantize" \
         in proc.stdout
-    info = json.loads(unimir("info", out).stdout)
+    assert "health of the quantizer:" in proc.stderr and "health of the generator:" in proc.stderr
+    info_proc = unimir("info", out)  # JSON on stdout, the readable health report on stderr
+    info = json.loads(info_proc.stdout)
     assert info["generative"]["quantizer"] == "C256+M3+RQ2x8" and info["generative"]["generator"] is True
+    health = info["generative"]["health"]
+    assert health["quantizer"]["items"] == 36 and len(health["quantizer"]["levels"]) == 3
+    assert health["generator"]["train_exact_id_acc"] > 0.2 and "health of the generator" in info_proc.stderr
     hits = json.loads(unimir("search", out, "--text", "a red circle", "--modality", "image", "--mode", "generative",
                              "--k", "3", "--beams", "8", "--json").stdout)["results"]
     assert len(hits) == 3 and {h["modality"] for h in hits} == {"image"}  # the modality constraint on code 0
-    unimir("eval", out, "--queries", corpus["t2i"], "--mode", "dense,generative,generative-rerank,quantize",
-           "--json", tmp_path / "r.json")
+    proc = unimir("eval", out, "--queries", corpus["t2i"], "--mode", "dense,generative,generative-rerank,quantize",
+                  "--json", tmp_path / "r.json", "--diagnose")
+    assert "where generative recall is lost" in proc.stdout
     results = {r["mode"]: r for r in json.loads((tmp_path / "r.json").read_text())["results"]}
     assert set(results) == {"dense", "generative", "generative-rerank", "quantize"}
     generative = results["generative"]
     assert generative["recall"]["5"] >= 0.9 and generative["recall"]["5"] >= 3 * generative["random"]["5"]
     assert generative["recall"]["10"] == 1.0
-    # adding items after training gives them codes at once, no retraining
+    # added items get codes and a short index-time fine-tune: searched by their own text, they come back in the
+    # generative top 5
     texts = tmp_path / "more.txt"
-    texts.write_text("a small orange star\n")
-    unimir("add", out, texts)
-    found = json.loads(unimir("search", out, "--text", "a small orange star", "--modality", "text", "--mode",
-                              "generative-rerank", "--k", "40", "--json").stdout)["results"]
-    assert "A small orange star." in [h["txt"] for h in found]
+    added = ["a small orange star", "a large wooden boat", "a cup of hot tea"]
+    texts.write_text("\n".join(added) + "\n")
+    unimir("--threads", "1", "add", out, texts)
+    for text in added:
+        found = json.loads(unimir("search", out, "--text", text, "--modality", "text", "--mode", "generative",
+                                  "--k", "5", "--json").stdout)["results"]
+        assert text.capitalize() + "." in [h["txt"] for h in found], (text, found)
+    # deferred: --no-refresh leaves the generator as it was until 'unimir train --stage index'
+    late = tmp_path / "late.txt"
+    late.write_text("a green paper kite\n")
+    unimir("add", out, late, "--no-refresh")
+    assert json.loads(unimir("info", out).stdout)["generative"]["learned_rows"] == 39
+    proc = unimir("--threads", "1", "train", out, "--stage", "index")
+    assert "taught the generator 1 items" in proc.stderr
+    assert json.loads(unimir("info", out).stdout)["generative"]["learned_rows"] == 40
+    found = json.loads(unimir("search", out, "--text", "a green paper kite", "--modality", "text", "--mode",
+                              "generative", "--k", "5", "--json").stdout)["results"]
+    assert "A green paper kite." in [h["txt"] for h in found]
 
 
 def test_every_option_has_help_and_version():

@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from .errors import UnimirError
+from .errors import InvalidInputError, UnimirError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,14 +38,23 @@ _positive_int = _int_in(1)
 _port = _int_in(1, 65535, "a port number")
 
 
-def _positive_float(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-    if not math.isfinite(x) or x <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {value!r}")
-    return x
+def _float_in(lo: float, hi: float = math.inf, *, open_lo: bool = False, what: str = "a number"):
+    """An argparse type: a finite number in [lo, hi] (or (lo, hi] with ``open_lo``)."""
+    def parse(value: str) -> float:
+        try:
+            x = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+        if not math.isfinite(x) or x < lo or (open_lo and x == lo) or x > hi:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value!r}")
+        return x
+    parse.__name__ = "number"
+    return parse
+
+
+_positive_float = _float_in(0.0, open_lo=True, what="a positive number")
+_non_negative_float = _float_in(0.0, what="a number >= 0")
+_fraction = _float_in(0.0, 0.99, what="a share from 0 to 0.99")
 
 
 def _beams(value: str) -> int:
@@ -141,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--strict", action="store_true", help="fail on the first bad item instead of skipping it")
     s.add_argument("--allow-outside-root", action="store_true",
                    help="add images whose path leaves the data root (the server will serve them)")
+    s.add_argument("--no-refresh", action="store_true", help="skip the short fine-tune that teaches a trained "
+                   "generator the new items (run 'unimir train --stage index' later)")
 
     s = sub.add_parser("search", help="search an index by text, image or both")
     s.add_argument("index_dir", type=_path, help="the index directory")
@@ -173,17 +184,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop candidates identical to the query (its own image or text), as CIRR does")
     s.add_argument("--json", dest="json_out", type=_path, help="write results as JSON to this file")
     s.add_argument("--strict", action="store_true", help="fail on the first bad query instead of dropping it")
+    s.add_argument("--diagnose", action="store_true", help="for generative modes, also show where recall is lost "
+                   "(positive's ID among the beams, shortlist sizes, quantizer's exact IDs)")
 
     s = sub.add_parser("train", help="train the generative retriever (quantizer, then ID generator) of an index")
     s.add_argument("index_dir", type=_path, help="the index directory")
-    s.add_argument("--queries", action="append", required=True, type=_path,
-                   help="M-BEIR training query .jsonl (repeatable)")
+    s.add_argument("--queries", action="append", default=[], type=_path,
+                   help="M-BEIR training query .jsonl (repeatable; not needed for --stage index)")
     s.add_argument("--qrels", action="append", default=[], type=_path,
                    help="qrels file(s); default: pos_cand_list")
     s.add_argument("--root", type=_path, help="data root of the query images (default: the M-BEIR root above query/)")
     s.add_argument("--instructions", type=_path, help="query_instructions.tsv (default: <root>/instructions/...)")
-    s.add_argument("--stage", default="all", choices=("quantizer", "generator", "all"),
-                   help="what to train (default all)")
+    s.add_argument("--stage", default="all", choices=("quantizer", "generator", "index", "all"),
+                   help="what to train (default all); index: teach the trained generator items added since "
+                   "(after 'unimir add --no-refresh')")
     s.add_argument("--quantizer", help="quantizer spec, e.g. M3+RQ3x64 (levels x codebook size)")
     s.add_argument("--quantizer-epochs", type=_positive_int, default=None, help="quantizer epochs")
     s.add_argument("--epochs", type=_positive_int, default=None, help="generator epochs")
@@ -197,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint-dir", type=_path, help="keep resumable checkpoints here")
     s.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
     s.add_argument("--strict", action="store_true", help="fail on the first bad query instead of dropping it")
+    # generalisation (docs/bench/generative-ablation.md)
+    s.add_argument("--val-share", type=_fraction, default=None, help="share of training targets held out for "
+                   "validation and early stopping (default 0.1; 0: none)")
+    s.add_argument("--patience", type=_positive_int, default=None,
+                   help="validation runs without gain before stopping")
+    s.add_argument("--pool-noise", type=_non_negative_float, default=None,
+                   help="noise on index-time pool pairs (default 0.5)")
+    s.add_argument("--no-pool-pairs", action="store_true", help="train on (query, positive) pairs only")
 
     s = sub.add_parser("info", help="show an index's manifest, or verify its files with --check")
     s.add_argument("index_dir", type=_path, help="the index directory")
@@ -319,7 +341,7 @@ def cmd_add(args, progress: bool) -> int:
     problems = Problems(strict=args.strict)
     index = Index.load(args.index_dir, device=args.device)
     candidates, root = load_pool(args.pool, args.root, problems, allow_outside_root=args.allow_outside_root)
-    added = index.add(candidates, root=root, problems=problems, progress=progress)
+    added = index.add(candidates, root=root, problems=problems, progress=progress, refresh=not args.no_refresh)
     print(f"added {added} items; the index now holds {len(index)}")
     _report(problems)
     return 0
@@ -349,7 +371,6 @@ def format_hits(hits) -> str:
 
 def cmd_eval(args, progress: bool) -> int:
     from .data.problems import Problems
-    from .errors import InvalidInputError
     from .eval import evaluate, format_table, write_json
     from .eval.evaluate import check_writable_dir, check_writable_file
     from .index import Index
@@ -365,7 +386,7 @@ def cmd_eval(args, progress: bool) -> int:
         results += evaluate(index, args.queries, qrels=args.qrels, root=args.root, ks=args.k, mode=mode,
                             beams=args.beams, instructions=args.instructions, seed=args.seed, progress=progress,
                             runs_dir=args.runs, exclude_query=args.exclude_query, problems=problems,
-                            modality_filter=not args.no_modality_filter)
+                            modality_filter=not args.no_modality_filter, diagnose=args.diagnose)
     _report(problems)
     evaluated = sum(r.num_queries for r in results)
     dropped = sum(r.dropped_queries for r in results)
@@ -375,6 +396,12 @@ def cmd_eval(args, progress: bool) -> int:
     if dropped:
         print(f"note: {dropped} of {evaluated + dropped} queries were dropped (the 'dropped' column; reasons above)",
               file=sys.stderr)
+    diagnosed = [(f"{r.task or r.queries} ({r.mode})", r.extra["diagnosis"]) for r in results
+                 if r.extra.get("diagnosis")]
+    if diagnosed:
+        from .eval.diagnose import format_diagnosis
+
+        print("\nwhere generative recall is lost:\n" + format_diagnosis(diagnosed))
     missing = sum(r.missing_positives for r in results)
     if missing:
         print(f"note: {missing} relevant ids are not in this pool; they cap the achievable recall", file=sys.stderr)
@@ -386,7 +413,6 @@ def cmd_eval(args, progress: bool) -> int:
 
 def cmd_train(args, progress: bool) -> int:
     from .data.problems import Problems
-    from .errors import InvalidInputError
     from .generator import GeneratorConfig, GeneratorTrainConfig
     from .index import Index
     from .quantizer import QuantizerTrainConfig
@@ -395,12 +421,16 @@ def cmd_train(args, progress: bool) -> int:
     if args.resume and not args.checkpoint_dir:
         raise InvalidInputError("--resume continues from saved checkpoints: give --checkpoint-dir too")
     problems = Problems(strict=args.strict)
-    # other stages start afresh
-    index = Index.load(args.index_dir, generative=args.stage == "generator", device=args.device)
-    pairs = training_pairs(index, args.queries, qrels=args.qrels, root=args.root, instructions=args.instructions,
-                           seed=args.seed, progress=progress, problems=problems)
-    _report(problems)
-    print(f"{len(pairs)} training pairs from {', '.join(Path(q).name for q in args.queries)}")
+    # the index stage continues the trained model; the other stages start afresh
+    index = Index.load(args.index_dir, generative=args.stage in ("generator", "index"), device=args.device)
+    pairs = None
+    if args.stage != "index":
+        if not args.queries:
+            raise InvalidInputError(f"--stage {args.stage} needs --queries (M-BEIR training queries)")
+        pairs = training_pairs(index, args.queries, qrels=args.qrels, root=args.root,
+                               instructions=args.instructions, seed=args.seed, progress=progress, problems=problems)
+        _report(problems)
+        print(f"{len(pairs)} training pairs from {', '.join(Path(q).name for q in args.queries)}")
     pick = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731
     report = train(
         index, pairs, stage=args.stage, quantizer=args.quantizer,
@@ -408,8 +438,10 @@ def cmd_train(args, progress: bool) -> int:
                                                       device=args.device)),
         generator=GeneratorConfig(**pick(num_layers=args.layers, d_model=args.d_model)),
         generator_config=GeneratorTrainConfig(**pick(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                                     seed=args.seed, device=args.device)),
-        progress=progress, checkpoint_dir=args.checkpoint_dir, resume=args.resume)
+                                                     seed=args.seed, device=args.device, val_share=args.val_share,
+                                                     patience=args.patience, pool_noise=args.pool_noise),
+                                              pool_pairs=not args.no_pool_pairs),
+        progress=progress, checkpoint_dir=args.checkpoint_dir, resume=args.resume, log=not args.quiet)
     if report.collisions is not None:
         c = report.collisions
         print(f"semantic IDs: {c.n_distinct} distinct for {c.n_items} items (ratio {c.distinct_ratio:.3f}), "
@@ -423,6 +455,7 @@ def cmd_train(args, progress: bool) -> int:
 
 
 def cmd_info(args, progress: bool) -> int:
+    from .health import format_report
     from .index.store import Manifest
 
     if args.check:
@@ -437,7 +470,10 @@ def cmd_info(args, progress: bool) -> int:
             return 2
         print(summary)
         return 0
-    print(json.dumps(Manifest.read(Path(args.index_dir)).to_json(), indent=2))
+    manifest = Manifest.read(Path(args.index_dir)).to_json()
+    print(json.dumps(manifest, indent=2))
+    for stage, report in ((manifest.get("generative") or {}).get("health") or {}).items():
+        print(format_report(stage, report), file=sys.stderr)  # readable form; stdout stays JSON
     return 0
 
 

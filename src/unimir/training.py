@@ -6,12 +6,14 @@ ID generator against those codes; ``all`` does both. Everything is stored in the
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from . import health
 from .data.mbeir import InstructionTable, QrelsTable, read_qrels, read_queries
 from .data.problems import Problems
 from .encoders import EmbeddingCache
@@ -21,7 +23,7 @@ from .index import Index
 from .quantizer import QuantizerConfig, QuantizerTrainConfig, SemanticQuantizer, TrainingPairs
 from .queries import load_instructions, mbeir_root, prepare_queries
 
-STAGES = ("quantizer", "generator", "all")
+STAGES = ("quantizer", "generator", "index", "all")
 
 
 @dataclass
@@ -78,38 +80,71 @@ def training_pairs(index: Index, query_files: Sequence["str | Path"], *, qrels: 
                          np.asarray(targets))
 
 
-def train(index: Index, pairs: TrainingPairs, *, stage: str = "all", quantizer: str | None = None,
+def train(index: Index, pairs: TrainingPairs | None, *, stage: str = "all", quantizer: str | None = None,
           quantizer_config: QuantizerTrainConfig | None = None, generator: GeneratorConfig | None = None,
           generator_config: GeneratorTrainConfig | None = None, progress: bool = False,
-          checkpoint_dir: "str | Path | None" = None, resume: bool = False, save: bool = True) -> TrainReport:
+          checkpoint_dir: "str | Path | None" = None, resume: bool = False, save: bool = True,
+          log: bool = True, report_to_stderr: bool = True) -> TrainReport:
     """Train the index's generative retriever in place and save the index.
 
     ``quantizer`` is a spec string such as ``"M3+RQ3x64"`` (default: the QuantizerConfig defaults);
     ``checkpoint_dir`` keeps resumable checkpoints of both stages (``resume=True`` continues from them).
+    ``generator_config.val_share`` of the training targets are held out of both stages as unseen validation
+    targets: they drive the generator's early stopping and the health reports (``unimir.health``), which are
+    printed to stderr (``report_to_stderr``) and stored with the model; ``log`` prints periodic progress lines.
+    Stage ``index`` (no pairs needed) is the index-time
+    fine-tune of ``GenerativeRetriever.refresh``: it teaches the generator items added since it was trained.
     """
     if stage not in STAGES:
         raise InvalidInputError(f"unknown stage {stage!r}: use one of {', '.join(STAGES)}")
-    report = TrainReport(len(pairs), [])
+    if pairs is None and stage != "index":
+        raise InvalidInputError(f"stage {stage!r} needs training pairs")
+    gen_config = generator_config or GeneratorTrainConfig()
+    train_pairs, val_pairs = (health.split_validation(pairs, gen_config.val_share, gen_config.seed)
+                              if pairs is not None else (None, None))
+    report = TrainReport(len(pairs) if pairs is not None else 0, [])
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     if ckpt:
         ckpt.mkdir(parents=True, exist_ok=True)
+    # stage summaries and health reports are results: always printed; ``log`` is the periodic progress lines
+    say = (lambda text: print(text, file=sys.stderr, flush=True)) if report_to_stderr else (lambda text: None)  # noqa: E731
     retriever = index.generative
     if stage in ("quantizer", "all"):
         dim = index.manifest.dim
         config = QuantizerConfig.from_spec(quantizer, dim=dim) if quantizer else QuantizerConfig(dim=dim)
         retriever = GenerativeRetriever(SemanticQuantizer(config))
-        report.quantizer = retriever.fit_quantizer(pairs, quantizer_config, progress=progress,
+        say(f"[quantizer] training {config.spec} on {len(train_pairs)} pairs "
+            f"({0 if val_pairs is None else len(val_pairs)} held back for validation)")
+        report.quantizer = retriever.fit_quantizer(train_pairs, quantizer_config, progress=progress,
                                                    checkpoint_path=ckpt / "quantizer" if ckpt else None,
-                                                   resume=resume)
+                                                   resume=resume, log=log)
         report.collisions = retriever.index(index.features, index.modality_codes)
+        index.generative = retriever
+        retriever.health = {"quantizer": health.quantizer_report(index, val_pairs)}
+        say(health.format_report("quantizer", retriever.health["quantizer"]))
         report.stages.append("quantizer")
     if stage in ("generator", "all"):
         if retriever is None:
             raise InvalidInputError("train the quantizer first (--stage quantizer or all)")
-        report.generator = retriever.fit_generator(pairs, generator_config, generator, progress=progress,
+        index.generative = retriever
+        val_small = health.sample(val_pairs)
+        validate = (lambda: health.recall(index, val_small, "generative")) if val_small is not None else None
+        say(f"[generator] training on {len(train_pairs)} pairs"
+            + (f" + {len(index)} index-time pool pairs" if gen_config.pool_pairs else ""))
+        report.generator = retriever.fit_generator(train_pairs, gen_config, generator, progress=progress,
                                                    checkpoint_path=ckpt / "generator" if ckpt else None,
-                                                   resume=resume)
+                                                   resume=resume, pool=(index.features, index.modality_codes),
+                                                   validate=validate, log=log)
+        retriever.health["generator"] = health.generator_report(index, train_pairs, val_pairs)
+        say(health.format_report("generator", retriever.health["generator"]))
         report.stages.append("generator")
+    if stage == "index":
+        if retriever is None or retriever.generator is None:
+            raise InvalidInputError("stage 'index' needs a trained generator: run 'unimir train' first")
+        report.extra["refresh"] = retriever.refresh(index.features, log=log)
+        say(f"[index] taught the generator {report.extra['refresh']['rows']} items "
+            f"(with {report.extra['refresh']['replay']} replayed) in {report.extra['refresh']['steps']} steps")
+        report.stages.append("index")
     index.generative = retriever
     if save and index.path is not None:
         index.save()

@@ -234,10 +234,16 @@ class Encoder(ABC):
             except OSError:
                 keys.append(None)  # open_image below reports the file properly
         found = cache.get_many(self.fingerprint, f"image:{role}", list({k for k in keys if k})) if cache else {}
-        todo = [i for i, k in enumerate(keys) if k is None or k not in found]
+        todo, first_of, copies = [], {}, []  # an image repeated in one call (per instruction) is encoded once
         for i, k in enumerate(keys):
             if k is not None and k in found:
                 out[i], good[i] = found[k], True
+            elif k is not None and k in first_of:
+                copies.append((i, first_of[k]))
+            else:
+                todo.append(i)
+                if k is not None:
+                    first_of[k] = i
         bs = batch_size or self.image_batch_size
 
         def load(rows: list[int]) -> tuple[list[int], list]:
@@ -267,6 +273,8 @@ class Encoder(ABC):
                     if cache and fresh:  # every batch, so an interrupted run resumes where it stopped
                         cache.put_many(self.fingerprint, f"image:{role}", fresh)
                 bar.update(len(batches[b]))
+        for i, source in copies:
+            out[i], good[i] = out[source], good[source]
         return out, good
 
 

@@ -54,7 +54,7 @@ def evaluate(index: Index, query_files: Sequence["str | Path"], *, qrels: Sequen
              beams: int | None = None, instructions: "str | Path | InstructionTable | None" = None,
              seed: int = 0, batch_size: int = 256, progress: bool = False, runs_dir: "str | Path | None" = None,
              exclude_query: bool = False, problems: Problems | None = None,
-             modality_filter: bool = True) -> list[EvalResult]:
+             modality_filter: bool = True, diagnose: bool = False) -> list[EvalResult]:
     """Evaluate ``index`` on M-BEIR query files.
 
     Positives come from ``qrels`` files when given, else from each query's ``pos_cand_list``. The
@@ -64,6 +64,8 @@ def evaluate(index: Index, query_files: Sequence["str | Path"], *, qrels: Sequen
     ``exclude_query`` drops candidates identical to the query (its own image or text) before scoring, as CIRR's
     protocol drops the reference image. ``modality_filter=False`` searches every candidate whatever its modality,
     as UniIR's and GENIUS's union-pool evaluations do (only the instruction steers the modality).
+    ``diagnose`` adds, for generative modes, where recall is lost
+    (``unimir.eval.diagnose``) to each result's ``extra["diagnosis"]``.
     """
     problems = problems if problems is not None else Problems()
     if runs_dir is not None:
@@ -84,7 +86,7 @@ def evaluate(index: Index, query_files: Sequence["str | Path"], *, qrels: Sequen
             by_task.setdefault(q.task_id, []).append(q)
         rows = [_evaluate_group(index, qfile, task_id, group, relevant_map if qrels else None, data_root, table,
                                 tuple(ks), mode, beams, batch_size, progress, runs_dir, exclude_query, problems,
-                                modality_filter)
+                                modality_filter, diagnose)
                 for task_id, group in sorted(by_task.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))]
         if not rows:  # nothing readable: still one row, so the file and its dropped count show
             rows = [EvalResult(queries=qfile.name, task_id=None, mode=mode, num_queries=0, recall={}, random={},
@@ -123,7 +125,7 @@ def check_writable_file(path: "str | Path", what: str = "output file") -> Path:
 
 
 def _evaluate_group(index, qfile, task_id, queries, relevant_map, data_root, table, ks, mode, beams, batch_size,
-                    progress, runs_dir, exclude_query, problems, modality_filter=True) -> EvalResult:
+                    progress, runs_dir, exclude_query, problems, modality_filter=True, diagnose=False) -> EvalResult:
     prepared = prepare_queries(queries, index, data_root=data_root, instructions=table, relevant=relevant_map,
                                problems=problems, source=str(qfile))
     feats, ok = index.encoder.encode(prepared.items, "query", progress=progress, problems=problems)
@@ -175,13 +177,21 @@ def _evaluate_group(index, qfile, task_id, queries, relevant_map, data_root, tab
         (out / f"{name}.ties.tsv").write_text("qid\trank\tdid\ttie_group\n" + "\n".join(tie_lines) + "\n",
                                               encoding="utf-8")
     mean = lambda xs: float(np.mean(xs)) if xs else 0.0  # noqa: E731
+    extra = {}
+    if diagnose and mode != "dense":
+        from ..index.index import DEFAULT_BEAMS
+        from .diagnose import diagnose as diagnose_queries
+
+        rows = [{index.row_of[d] for d in rel if d in index.row_of} for rel in prepared.relevant]
+        extra["diagnosis"] = diagnose_queries(index, feats, [t.code if t else None for t in prepared.targets], rows,
+                                              beams or DEFAULT_BEAMS)
     target = prepared.targets[0] if prepared.targets and modality_filter else None
     return EvalResult(
         queries=qfile.name, task_id=task_id, mode=mode, num_queries=len(prepared.items),
         recall={str(k): mean(hits[k]) for k in ks}, random={str(k): mean(rand[k]) for k in ks},
         dataset=spec.dataset if spec else "", task=task_name(task_id) if task_id is not None else "",
         headline_k=spec.headline_k if spec else 5, pool=pool_name, pool_size=pool_sizes[target],
-        skipped_queries=prepared.skipped, missing_positives=prepared.missing_positives)
+        skipped_queries=prepared.skipped, missing_positives=prepared.missing_positives, extra=extra)
 
 
 def format_table(results: Sequence[EvalResult], *, baseline: bool = True) -> str:

@@ -16,7 +16,7 @@ The index holds codes, never features; rankings index candidate rows in insertio
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,6 +66,8 @@ class GenerativeRetriever:
         self.generator = generator
         self.train_configs: dict[str, dict[str, Any]] = {}
         self.extra: dict[str, Any] = {}
+        self.health: dict[str, Any] = {}  # stage health reports (``unimir.health``), stored in the manifest
+        self.learned_rows = 0  # leading indexed rows the generator was trained to know (index-time training)
         self._set_codes(np.zeros((0, quantizer.config.code_length), np.int64))
 
     # -- state ----------------------------------------------------------------------------------------------------
@@ -99,24 +101,28 @@ class GenerativeRetriever:
 
     def fit_quantizer(self, pairs: TrainingPairs, config: QuantizerTrainConfig | None = None, *,
                       progress: bool = True, checkpoint_path: str | Path | None = None,
-                      resume: bool = False) -> QuantizerTrainReport:
+                      resume: bool = False, log: bool = True) -> QuantizerTrainReport:
         """Stage 1. Refused once items are indexed or a generator exists: both depend on the codebooks."""
         if len(self) or self.generator is not None:
             raise InvalidInputError("the quantizer is frozen once a generator is trained or items are indexed; "
                                     "start a new GenerativeRetriever to retrain it")
         config = config or QuantizerTrainConfig()
         report = self.quantizer.train(pairs, config, progress=progress, checkpoint_path=checkpoint_path,
-                                      resume=resume)
+                                      resume=resume, log=log)
         self.train_configs["quantizer"] = config.to_dict()
         return report
 
     def fit_generator(self, pairs: TrainingPairs, config: GeneratorTrainConfig | None = None,
                       generator_config: GeneratorConfig | None = None, *, progress: bool = True,
-                      checkpoint_path: str | Path | None = None, resume: bool = False) -> GeneratorTrainReport:
+                      checkpoint_path: str | Path | None = None, resume: bool = False,
+                      pool: tuple[Features, np.ndarray] | None = None, validate: Callable[[], float] | None = None,
+                      log: bool = True) -> GeneratorTrainReport:
         """Stage 2: train the generator to emit each positive's ID from its query (quantizer frozen).
 
         A new generator is created from ``generator_config`` (its dim / levels / codebook_size are taken from the
         quantizer) with code embeddings initialised from the codebooks; an existing one continues training.
+        ``pool`` (Features [N], modality codes [N]: the indexed items, in row order) adds index-time pairs, each
+        item's own vector -> its ID, when ``config.pool_pairs``; ``validate`` drives early stopping.
         """
         q = self.quantizer
         q.require_trained()
@@ -129,10 +135,54 @@ class GenerativeRetriever:
         rows, inverse = np.unique(pairs.positives, return_inverse=True)
         z_cand = q.embed(pairs.candidates[rows])
         targets = q.codes_from_embeddings(z_cand, pairs.candidate_modalities[rows])[inverse]
-        report = train_generator(self.generator, q.embed(pairs.queries), z_cand[inverse], targets, config,
-                                 progress=progress, checkpoint_path=checkpoint_path, resume=resume)
+        z_q, z_p = q.embed(pairs.queries), z_cand[inverse]
+        noise = np.full(len(z_q), config.query_noise, np.float32)
+        if pool is not None and config.pool_pairs:
+            z_pool = q.embed(pool[0])
+            pool_codes = q.codes_from_embeddings(z_pool, pool[1])
+            z_q, z_p = np.concatenate([z_q, z_pool]), np.concatenate([z_p, z_pool])
+            targets = np.concatenate([targets, pool_codes])
+            noise = np.concatenate([noise, np.full(len(z_pool), config.pool_noise, np.float32)])
+        report = train_generator(self.generator, z_q, z_p, targets, config, progress=progress,
+                                 checkpoint_path=checkpoint_path, resume=resume, noise=noise, validate=validate,
+                                 log=log)
         self.train_configs["generator"] = config.to_dict()
+        self.learned_rows = len(self)
         return report
+
+    def refresh(self, features: Features, rows: np.ndarray | None = None, *, epochs: int = 30,
+                replay: float = 8.0, max_steps: int = 400, lr: float = 1e-3, seed: int = 0,
+                log: bool = True) -> dict[str, Any]:
+        """Index-time fine-tune: teach the generator the IDs of indexed rows it does not know yet.
+
+        features: Features [N] of every indexed row (row order). rows: the rows to learn (default: those from
+        ``learned_rows`` on; all rows when there are none). Each is trained as its own (noised) vector -> its ID for
+        up to ``epochs`` passes beside ``replay`` x as many old rows drawn at random (so that old IDs are not
+        forgotten), in at most ``max_steps`` optimiser steps. Returns what was done.
+        """
+        if self.generator is None:
+            raise InvalidInputError("no generator to refresh: train one first ('unimir train')")
+        if len(features) != len(self):
+            raise InvalidInputError(f"got features of {len(features)} rows for an index of {len(self)}")
+        if rows is None:
+            rows = np.arange(self.learned_rows, len(self)) if self.learned_rows < len(self) else np.arange(len(self))
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return {"rows": 0, "replay": 0, "steps": 0}
+        rng = np.random.default_rng([seed, len(self)])
+        old = np.setdiff1d(np.arange(len(self)), rows)
+        replayed = rng.choice(old, size=min(len(old), int(round(replay * len(rows)))), replace=False)
+        chosen = np.concatenate([rows, replayed])
+        z = self.quantizer.embed(features[chosen])
+        base = GeneratorTrainConfig.from_dict(self.train_configs.get("generator", {}))
+        batch = min(base.batch_size, len(chosen))
+        epochs = max(1, min(epochs, max_steps * batch // len(chosen)))
+        config = GeneratorTrainConfig.from_dict({**base.to_dict(), "epochs": epochs, "lr": lr, "warmup_ratio": 0.0,
+                                                 "batch_size": batch, "seed": seed, "patience": 0})
+        report = train_generator(self.generator, z, z, np.asarray(self._codes[chosen]), config, progress=False,
+                                 noise=np.full(len(chosen), config.pool_noise, np.float32), log=log)
+        self.learned_rows = len(self)
+        return {"rows": int(len(rows)), "replay": int(len(replayed)), "steps": report.steps, "epochs": epochs}
 
     # -- indexing -------------------------------------------------------------------------------------------------
 
@@ -285,6 +335,8 @@ class GenerativeRetriever:
             "train_configs": self.train_configs,
             "stats": self.stats.to_dict(),
             "extra": self.extra,
+            "health": self.health,
+            "learned_rows": self.learned_rows,
         }
         # The manifest goes last: a save cut short leaves digests that no longer match, so load fails.
         write_json(directory / MANIFEST, manifest)
@@ -312,6 +364,9 @@ class GenerativeRetriever:
         retriever._set_codes(codes)
         retriever.train_configs = manifest.get("train_configs", {})
         retriever.extra = manifest.get("extra", {})
+        retriever.health = manifest.get("health", {})
+        # older indexes: the generator was trained on the pool as it was then, unknown; treat all rows as known
+        retriever.learned_rows = int(manifest.get("learned_rows", len(retriever)))
         return retriever
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from ..errors import InvalidInputError
 from ..quantizer.checkpoint import load_training_state, save_training_state
 from ..quantizer.config import config_from_dict
 from ..quantizer.optim import adamw, warmup_cosine
+from ..training_log import StepLog
 from .model import IDGenerator
 
 
@@ -37,6 +38,13 @@ class GeneratorTrainConfig:
     mix_alpha: float = 2.0  # s ~ Beta(alpha, alpha) per sample and dimension
     mix_prob: float = 1.0  # share of samples that are mixed (paper: all)
     amp: bool = True  # bfloat16 autocast, on CUDA only
+    # Generalisation (docs/bench/generative-ablation.md measures each):
+    pool_pairs: bool = True  # index-time training: every indexed item's own vector -> its ID (DSI "indexing")
+    pool_noise: float = 0.5  # relative norm of Gaussian noise on those self-pair inputs (regions, not points)
+    query_noise: float = 0.0  # the same for (query, positive) inputs, after mixing
+    val_share: float = 0.1  # share of training targets held out as unseen validation targets (0: none)
+    val_every: int = 2  # epochs between validation runs
+    patience: int = 4  # validation runs without improvement before stopping early (0: never stop early)
     seed: int = 0
     device: str = "cpu"
 
@@ -45,6 +53,10 @@ class GeneratorTrainConfig:
             raise InvalidInputError("generator batch_size and epochs must be >= 1")
         if not 0.0 <= self.mix_prob <= 1.0:
             raise InvalidInputError(f"mix_prob must be in [0, 1], got {self.mix_prob}")
+        if not 0.0 <= self.val_share < 1.0 or self.val_every < 1 or self.patience < 0:
+            raise InvalidInputError("need 0 <= val_share < 1, val_every >= 1 and patience >= 0")
+        if self.pool_noise < 0 or self.query_noise < 0:
+            raise InvalidInputError("noise scales must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,6 +73,15 @@ class GeneratorTrainReport:
 
     steps: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None  # epoch whose weights were kept (early stopping on the validation metric)
+    stopped_early: bool = False
+    health: dict[str, Any] = field(default_factory=dict)
+
+
+def add_noise(x: torch.Tensor, scale: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """normalize(x + scale * e / sqrt(d)) with e ~ N(0, I): per-row noise of relative norm ``scale`` ([n])."""
+    e = torch.as_tensor(rng.standard_normal(size=tuple(x.shape)).astype(np.float32), device=x.device)
+    return F.normalize(x + scale[:, None].to(x.device) * e / x.shape[1] ** 0.5, dim=-1)
 
 
 def mix_query_target(z_q: torch.Tensor, z_p: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -78,13 +99,19 @@ def sample_mixed_inputs(z_q: torch.Tensor, z_p: torch.Tensor, alpha: float, prob
 
 def train_generator(model: IDGenerator, z_q: np.ndarray, z_p: np.ndarray, target_codes: np.ndarray,
                     config: GeneratorTrainConfig, *, progress: bool = True,
-                    checkpoint_path: str | Path | None = None, resume: bool = False) -> GeneratorTrainReport:
+                    checkpoint_path: str | Path | None = None, resume: bool = False,
+                    noise: np.ndarray | None = None, validate: Callable[[], float] | None = None,
+                    log: bool = True) -> GeneratorTrainReport:
     """Train in place on n pairs: z_q, z_p float32 [n, d] (combiner outputs of queries and positives) and
     target_codes int64 [n, L+1] (the positives' IDs).
 
     AdamW (no decay on biases and norms), linear warm-up then cosine to 0, gradient clipping, bfloat16 autocast
     on CUDA. With ``checkpoint_path`` the model, optimiser, scheduler and step are saved after every epoch;
     ``resume=True`` continues from that file when it exists.
+
+    noise: float [n], per-row relative noise added to the (mixed) inputs (default ``config.query_noise``).
+    validate: called (model in eval mode) every ``config.val_every`` epochs; higher is better. The best weights
+    are kept, and training stops after ``config.patience`` runs without improvement.
     """
     n = z_q.shape[0]
     if z_p.shape != z_q.shape or target_codes.shape != (n, model.vocab.code_length):
@@ -94,6 +121,8 @@ def train_generator(model: IDGenerator, z_q: np.ndarray, z_p: np.ndarray, target
     model.to(device)
     zq, zp = torch.as_tensor(z_q, dtype=torch.float32), torch.as_tensor(z_p, dtype=torch.float32)
     targets = torch.as_tensor(target_codes, dtype=torch.long)
+    noise_t = torch.as_tensor(np.full(n, config.query_noise, np.float32) if noise is None else noise,
+                              dtype=torch.float32)
     steps_per_epoch = math.ceil(n / config.batch_size)
     total = steps_per_epoch * config.epochs
     optimizer = adamw(model, config.lr, config.weight_decay, betas=config.betas, eps=config.adam_eps)
@@ -106,6 +135,8 @@ def train_generator(model: IDGenerator, z_q: np.ndarray, z_p: np.ndarray, target
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
     model.train()
     bar = tqdm(total=total, initial=step, desc="generator", disable=not progress)
+    steplog = StepLog("generator", total, enabled=log and not progress)
+    best, best_state, waited = -1.0, None, 0
     for epoch in range(step // steps_per_epoch, config.epochs):
         order = torch.as_tensor(np.random.default_rng([config.seed, epoch]).permutation(n))
         sums: dict[str, Any] = {"loss": 0.0, "token_acc": 0.0, "exact_acc": 0.0,
@@ -115,6 +146,8 @@ def train_generator(model: IDGenerator, z_q: np.ndarray, z_p: np.ndarray, target
             rng = np.random.default_rng([config.seed, 1 << 20, step])
             x = sample_mixed_inputs(zq[rows].to(device), zp[rows].to(device), config.mix_alpha, config.mix_prob,
                                     rng)
+            if bool((noise_t[rows] > 0).any()):
+                x = add_noise(x, noise_t[rows], rng)
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(int(rng.integers(2**62)))  # dropout masks, reproducible on resume
                 with amp:
@@ -131,11 +164,30 @@ def train_generator(model: IDGenerator, z_q: np.ndarray, z_p: np.ndarray, target
                 sums[k] += v / steps_per_epoch
             bar.update(1)
             bar.set_postfix(loss=f"{part['loss']:.3f}", exact_acc=f"{part['exact_acc']:.3f}")
-        report.history.append({"epoch": epoch, **sums, "level_acc": sums["level_acc"].tolist()})
+            steplog.tick(step, epoch=f"{epoch + 1}/{config.epochs}", loss=part["loss"], exact_acc=part["exact_acc"])
+        entry = {"epoch": epoch, **sums, "level_acc": sums["level_acc"].tolist()}
         if checkpoint_path is not None:
             save_training_state(checkpoint_path, {"generator": model}, optimizer, scheduler, step,
                                 {"config": config.to_dict()})
+        last = epoch + 1 == config.epochs
+        if validate is not None and ((epoch + 1) % config.val_every == 0 or last):
+            model.eval()
+            entry["val"] = float(validate())
+            model.train()
+            steplog.note(f"epoch {epoch + 1}: validation {entry['val']:.4f} (best {max(best, entry['val']):.4f})")
+            if entry["val"] > best:
+                best, waited, report.best_epoch = entry["val"], 0, epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                waited += 1
+        report.history.append(entry)
+        if config.patience and waited >= config.patience:
+            report.stopped_early = True
+            steplog.note(f"stopping early after epoch {epoch + 1}: no better validation for {waited} runs")
+            break
     bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
     report.steps = step
     return report

@@ -311,7 +311,8 @@ class Index:
             self._generative.save(path / files["generative"], extra=self._pool_identity())
             m.generative = {"quantizer": self._generative.quantizer.config.spec,
                             "generator": self._generative.generator is not None,
-                            "collisions": self._generative.stats.to_dict()}
+                            "collisions": self._generative.stats.to_dict(),
+                            "health": self._generative.health, "learned_rows": self._generative.learned_rows}
         m.files, m.num_items = files, len(self.candidates)
         m.modality_counts = {mod.value: int((self.modality_codes == mod.code).sum()) for mod in Modality}
         m.checksums = checksums(path, files.values())
@@ -350,8 +351,11 @@ class Index:
 
     def add(self, candidates: Sequence[Candidate], *, root: "str | Path | None" = None,
             problems: Problems | None = None, progress: bool = False, batch_size: int | None = None,
-            cache: bool = True, save: bool = True) -> int:
+            cache: bool = True, save: bool = True, refresh: bool = True) -> int:
         """Encode and append candidates without rebuilding; returns how many were added.
+
+        With a trained generator and ``refresh``, a short index-time fine-tune teaches it the new items' IDs
+        (``GenerativeRetriever.refresh``); ``refresh=False`` defers that to ``unimir train --stage index``.
 
         Image paths resolve against ``root`` (default: the index's data root). Items with a duplicate id or a
         bad image are skipped and recorded in ``problems`` (or raise, when it is strict or not given).
@@ -405,6 +409,8 @@ class Index:
             if not rows:
                 return 0
             self._append([kept[i] for i in rows], feats[np.asarray(rows)], [kept_digests[i] for i in rows])
+            if refresh and self.generative is not None and self.generative.generator is not None:
+                self.generative.refresh(self.features, log=progress)  # teach the generator the new IDs
             if saving:
                 try:
                     self._write_generation(self.path, previous)

@@ -87,6 +87,9 @@ class QuantizerTrainConfig:
     mask_duplicate_positives: bool = False  # drop in-batch "negatives" that are the same candidate (reference: off)
     kmeans_iters: int = 30  # paper: 1000
     kmeans_init_samples: int | None = None  # vectors for k-means init; None = one batch (paper), >= 10*K advised
+    # After training, refit the codebooks by k-means on the trained combiner's outputs of every pool candidate and
+    # training query, so that codes cover the whole pool, not only the training targets (generative-ablation.md).
+    pool_refit: bool = False
     seed: int = 0
     device: str = "cpu"
 

@@ -85,12 +85,13 @@ class SemanticQuantizer:
     # -- verbs ----------------------------------------------------------------------------------------------------
 
     def train(self, pairs: TrainingPairs, config: QuantizerTrainConfig | None = None, *, progress: bool = True,
-              checkpoint_path: str | Path | None = None, resume: bool = False) -> QuantizerTrainReport:
+              checkpoint_path: str | Path | None = None, resume: bool = False,
+              log: bool = True) -> QuantizerTrainReport:
         """Fit combiner and codebooks on (query, positive) pairs; see ``train_quantizer``."""
         if pairs.queries.dim != self.config.dim:
             raise InvalidInputError(f"features have d={pairs.queries.dim}, the quantizer expects {self.config.dim}")
         return train_quantizer(self, pairs, config or QuantizerTrainConfig(), progress=progress,
-                               checkpoint_path=checkpoint_path, resume=resume)
+                               checkpoint_path=checkpoint_path, resume=resume, log=log)
 
     @torch.no_grad()
     def embed(self, features: Features, batch_size: int = 8192) -> np.ndarray:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..training_log import StepLog
 from .checkpoint import load_training_state, save_training_state
 from .combiner import FeatureTensors
 from .config import QuantizerTrainConfig
@@ -55,7 +56,7 @@ def quantizer_loss(z_q: torch.Tensor, z_p: torch.Tensor, out: QuantizeOutput, co
 
 def train_quantizer(quantizer: "SemanticQuantizer", pairs: TrainingPairs, config: QuantizerTrainConfig, *,
                     progress: bool = True, checkpoint_path: str | Path | None = None,
-                    resume: bool = False) -> QuantizerTrainReport:
+                    resume: bool = False, log: bool = True) -> QuantizerTrainReport:
     """Train in place. k-means initialises the codebooks first (unless resuming or already initialised); the
     codebooks then follow EMA updates every step while AdamW trains the combiner. With ``checkpoint_path`` the full
     state (combiner, codebooks + EMA state, optimiser, scheduler, step) is written after every epoch, and
@@ -89,6 +90,7 @@ def train_quantizer(quantizer: "SemanticQuantizer", pairs: TrainingPairs, config
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     net.train()
     bar = tqdm(total=total, initial=step, desc="quantizer", disable=not progress)
+    steplog = StepLog("quantizer", total, enabled=log and not progress)
     for epoch in range(step // steps_per_epoch, config.epochs):
         order = torch.as_tensor(np.random.default_rng([config.seed, epoch]).permutation(n))
         sums: dict[str, float] = {}
@@ -110,14 +112,35 @@ def train_quantizer(quantizer: "SemanticQuantizer", pairs: TrainingPairs, config
                 sums[k] = sums.get(k, 0.0) + v
             bar.update(1)
             bar.set_postfix(loss=f"{parts['loss']:.3f}", cl=f"{parts['cl']:.3f}", commit=f"{parts['commit']:.4f}")
+            steplog.tick(step, epoch=f"{epoch + 1}/{config.epochs}", loss=parts["loss"], cl=parts["cl"])
         report.history.append({"epoch": epoch, **{k: v / steps_per_epoch for k, v in sums.items()}})
         if checkpoint_path is not None:
             save_training_state(checkpoint_path, {"quantizer": net}, optimizer, scheduler, step,
                                 {"config": config.to_dict()})
     bar.close()
     net.eval()
+    if config.pool_refit:
+        _refit_on_pool(quantizer, pairs, queries, candidates, c0[:n], config)
     report.steps = step
     return report
+
+
+@torch.no_grad()
+def _refit_on_pool(quantizer: "SemanticQuantizer", pairs: TrainingPairs, queries: FeatureTensors,
+                   candidates: FeatureTensors, query_c0: torch.Tensor, config: QuantizerTrainConfig) -> None:
+    """k-means codebooks on the trained combiner's outputs of every pool candidate plus the distinct training
+    queries: the pool's items, not only the training targets, shape the codes."""
+    device = quantizer.device
+    zs, cs = [], []
+    for feats, codes in ((candidates, torch.as_tensor(pairs.candidate_modalities)), (queries, query_c0)):
+        for start in range(0, len(codes), 4096):
+            part = FeatureTensors(*(t[start:start + 4096].to(device) for t in
+                                    (feats.image, feats.text, feats.image_mask, feats.text_mask)))
+            zs.append(quantizer.net.combiner(part).float())
+            cs.append(codes[start:start + 4096].to(device))
+    z, c = torch.cat(zs), torch.cat(cs)
+    quantizer.net.rq.init_codebooks(z, c, batch_vectors=2 * min(config.batch_size, len(pairs)),
+                                    iters=config.kmeans_iters, generator=torch.Generator().manual_seed(config.seed))
 
 
 @torch.no_grad()
