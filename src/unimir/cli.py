@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("pool", help="M-BEIR cand_pool .jsonl, a folder of images, or a .jsonl/.csv/.tsv/.txt of texts")
     s.add_argument("--out", required=True, help="index directory to create (replaced atomically if it exists)")
     s.add_argument("--root", help="data root that image paths are relative to (default: next to the pool)")
-    s.add_argument("--encoder", default="builtin", help="builtin (offline, default) or hf:<hub id or local dir>")
+    s.add_argument("--encoder", default="builtin",
+                   help="builtin (offline, default), builtin-conse (offline ConSE baseline) "
+                        "or hf:<hub id or local dir>")
     s.add_argument("--index", default="flat", help="flat (exact) or hnsw[M][,ef<N>], e.g. hnsw32,ef128")
     s.add_argument("--fusion-weights", type=_weights, default=(1.0, 1.0), metavar="W_IMG,W_TXT",
                    help="score-fusion weights of image and text parts (default 1,1)")

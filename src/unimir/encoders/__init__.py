@@ -1,6 +1,7 @@
 """Encoders: items in, L2-normalised float32 vectors out. ``load_encoder(spec)`` is the one way to build one.
 
-Specs: ``builtin`` (offline ConSE, the default) and ``hf:<hub id or local dir>`` (CLIP / SigLIP via transformers).
+Specs: ``builtin`` (offline, the default: ConSE plus a trained Lite0 -> MiniLM bridge), ``builtin-conse`` (offline
+ConSE alone) and ``hf:<hub id or local dir>`` (CLIP / SigLIP via transformers).
 """
 
 from __future__ import annotations
@@ -27,12 +28,17 @@ def load_encoder(spec: str = "builtin", *, threads: int | None = None, reuse: bo
             from .builtin import BuiltinEncoder
 
             encoder: Encoder = BuiltinEncoder(threads=threads)
+        elif spec == "builtin-conse":
+            from .builtin import ConseEncoder
+
+            encoder = ConseEncoder(threads=threads)
         elif spec.startswith("hf:") and len(spec) > 3:
             from .hf import HFDualEncoder
 
             encoder = HFDualEncoder(spec[3:], threads=threads)
         else:
-            raise InvalidInputError(f"unknown encoder {spec!r}: use 'builtin' or 'hf:<hub id or local dir>'")
+            raise InvalidInputError(f"unknown encoder {spec!r}: "
+                                    "use 'builtin', 'builtin-conse' or 'hf:<hub id or local dir>'")
         if reuse:
             _LOADED[spec] = encoder
         return encoder

@@ -105,6 +105,20 @@ class Encoder(ABC):
     dim: int
     text_batch_size: int = 64
     image_batch_size: int = 8
+    #: files (besides pip-installed models) whose bytes define the vectors, e.g. the builtin encoder's bridge
+    weight_files: "Sequence[str | os.PathLike]" = ()
+
+    @property
+    def cache_namespace(self) -> str:
+        """What the embedding cache files vectors under: the spec, plus a digest of ``weight_files`` if any,
+        so that new weights never meet vectors cached from old ones."""
+        if not self.weight_files:
+            return self.spec
+        h = hashlib.sha256()
+        for path in self.weight_files:
+            with open(path, "rb") as f:
+                h.update(hashlib.sha256(f.read()).digest())
+        return f"{self.spec}@{h.hexdigest()[:16]}"
 
     @abstractmethod
     def embed_texts(self, texts: list[str], role: str = "candidate") -> np.ndarray:
@@ -150,7 +164,7 @@ class Encoder(ABC):
 
     def _encode_texts(self, texts, role, batch_size, progress, cache) -> np.ndarray:
         keys = [hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts]
-        found = cache.get_many(self.spec, f"text:{role}", list(set(keys))) if cache else {}
+        found = cache.get_many(self.cache_namespace, f"text:{role}", list(set(keys))) if cache else {}
         todo = list(dict.fromkeys(k for k in keys if k not in found))
         by_key = {k: t for k, t in zip(keys, texts)}
         bs = batch_size or self.text_batch_size
@@ -161,7 +175,7 @@ class Encoder(ABC):
                 fresh.update(zip(chunk, self.embed_texts([by_key[k] for k in chunk], role)))
                 bar.update(len(chunk))
         if cache and fresh:
-            cache.put_many(self.spec, f"text:{role}", fresh)
+            cache.put_many(self.cache_namespace, f"text:{role}", fresh)
         found.update(fresh)
         return np.stack([found[k] for k in keys]).astype(np.float32)
 
@@ -185,7 +199,7 @@ class Encoder(ABC):
                     keys.append(None)
             except OSError:
                 keys.append(None)  # open_image below reports the file properly
-        found = cache.get_many(self.spec, f"image:{role}", list({k for k in keys if k})) if cache else {}
+        found = cache.get_many(self.cache_namespace, f"image:{role}", list({k for k in keys if k})) if cache else {}
         todo = [i for i, k in enumerate(keys) if k is None or k not in found]
         for i, k in enumerate(keys):
             if k is not None and k in found:
@@ -217,7 +231,7 @@ class Encoder(ABC):
                     fresh.update((keys[i], v) for i, v in zip(rows, vecs) if keys[i] is not None)
                 bar.update(len(batches[b]))
         if cache and fresh:
-            cache.put_many(self.spec, f"image:{role}", fresh)
+            cache.put_many(self.cache_namespace, f"image:{role}", fresh)
         return out, good
 
 
