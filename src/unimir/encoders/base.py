@@ -131,6 +131,9 @@ class Encoder(ABC):
     fusion: str = "unit-sum"
     text_batch_size: int = 64
     image_batch_size: int = 8
+    #: files (besides pip-installed models) whose bytes define the vectors, e.g. the builtin encoder's bridge;
+    #: an encoder's ``fingerprint`` digests them
+    weight_files: "Sequence[str | os.PathLike]" = ()
 
     @property
     @abstractmethod

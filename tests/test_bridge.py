@@ -1,0 +1,171 @@
+"""The builtin encoder's trained image bridge: forward, shipped weights, registry, caption cleaning, training."""
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import draw
+
+from unimir.encoders import bridge as bridge_mod
+from unimir.encoders import load_encoder
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _build_script():
+    if "build_bridge" not in sys.modules:  # a script, not a package module: load it by path (once)
+        spec = importlib.util.spec_from_file_location("build_bridge", REPO / "scripts" / "build_bridge.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["build_bridge"] = module  # dataclasses look their module up here
+        spec.loader.exec_module(module)
+    return sys.modules["build_bridge"]
+
+
+def _random_weights(seed: int = 0, alpha: float = 2.0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"feature_mean": torch.randn(1280, generator=g), "feature_std": torch.rand(1280, generator=g) + 0.5,
+            "weight": torch.randn(384, 1664, generator=g) * 0.01, "bias": torch.randn(384, generator=g) * 0.01,
+            "alpha": torch.tensor([alpha])}
+
+
+def test_bridge_forward_matches_plain_computation():
+    w = _random_weights()
+    g = torch.Generator().manual_seed(1)
+    pooled = torch.rand(3, 1280, generator=g) * 4
+    conse = torch.nn.functional.normalize(torch.randn(3, 384, generator=g), dim=-1)
+    got = bridge_mod.bridge_forward(w, pooled, conse).numpy()
+    W, b = w["weight"].double().numpy(), w["bias"].double().numpy()
+    for i in range(3):  # one image at a time, in float64, written out
+        z = [(float(pooled[i, j]) - float(w["feature_mean"][j])) / float(w["feature_std"][j]) for j in range(1280)]
+        x = np.array(z + conse[i].double().tolist())
+        v = conse[i].double().numpy() + 2.0 * (W @ x + b)
+        np.testing.assert_allclose(got[i], v / math.sqrt(float(v @ v)), atol=1e-5)
+
+
+def test_weight_file_round_trip_and_shape_checks(tmp_path):
+    w = _random_weights()
+    path = tmp_path / "b.safetensors"
+    bridge_mod.save_weights(w, path, metadata={"pairs": {"pairs": 3}})
+    back = bridge_mod.load_weights(path)
+    assert all(torch.equal(back[k], w[k].float()) for k in bridge_mod.KEYS)
+    assert bridge_mod.read_metadata(path) == {"pairs": {"pairs": 3}}
+    w["weight"] = torch.zeros(384, 1280)
+    with pytest.raises(bridge_mod.BridgeWeightsError, match="'weight' has shape"):
+        bridge_mod.save_weights(w, tmp_path / "bad.safetensors")
+    with pytest.raises(FileNotFoundError, match="make bridge"):
+        bridge_mod.load_weights(tmp_path / "missing.safetensors")
+
+
+# The shipped file is the one benchmarked in docs/bench/default-encoder.md; retraining changes this on purpose.
+SHIPPED_SHA256 = "2af5cfb2aa7922dedb0aa29fa89dcdbd185cf6ea142c0262fc182bf6e239c14b"
+
+
+def test_shipped_weights_load_with_expected_shapes():
+    path = bridge_mod.WEIGHTS_PATH
+    assert path.is_file() and path.stat().st_size < 4_000_000  # ships in the package: a few MB at most
+    w = bridge_mod.load_weights()
+    assert {k: tuple(v.shape) for k, v in w.items()} == bridge_mod.KEYS
+    assert all(torch.isfinite(v).all() for v in w.values()) and (w["feature_std"] > 0).all()
+    meta = bridge_mod.read_metadata()
+    assert {s["package"] for s in meta["sources"]} == {"openclipart-png", "openclipart-svg"}
+    assert all(len(s["sha256"]) == 64 and "public domain" in s["licence"] for s in meta["sources"])
+    assert bridge_mod.weights_digest() == SHIPPED_SHA256
+
+
+@pytest.fixture(scope="module")
+def both():
+    return load_encoder("builtin"), load_encoder("builtin-conse")
+
+
+def test_both_builtin_encoders_resolve_and_give_unit_vectors(both):
+    bridged, conse = both
+    assert (bridged.spec, conse.spec) == ("builtin", "builtin-conse")
+    images = [draw("red", "circle", 96), draw("blue", "square", 80)]
+    for enc in both:
+        for vecs in (enc.embed_images(images), enc.embed_texts(["a red apple", "a dog"])):
+            assert vecs.shape == (2, 384) and vecs.dtype == np.float32
+            np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(bridged.embed_texts(["a dog"]), conse.embed_texts(["a dog"]), atol=1e-6)
+    assert float(np.sum(bridged.embed_images(images) * conse.embed_images(images), axis=1).max()) < 0.999
+
+
+def test_zero_head_bridge_is_plain_conse(tmp_path, both):
+    from unimir.encoders.builtin import BuiltinEncoder
+
+    w = bridge_mod.load_weights()
+    w["weight"], w["bias"] = torch.zeros_like(w["weight"]), torch.zeros_like(w["bias"])
+    path = tmp_path / "zero.safetensors"
+    bridge_mod.save_weights(w, path)
+    enc = BuiltinEncoder(precision="fp32", bridge_path=str(path))
+    images = [draw("green", "triangle", 90)]
+    plain = both[1].__class__(precision="fp32")
+    enc._class_matrix = plain.class_matrix  # the same class prompts (the text cache may hold bf16-made ones)
+    np.testing.assert_allclose(enc.embed_images(images), plain.embed_images(images), atol=1e-5)
+    # different weights, different fingerprint: cached vectors of one bridge never serve another
+    assert len({enc.fingerprint, both[0].fingerprint, both[1].fingerprint}) == 3
+
+
+SVG = """<svg xmlns="http://www.w3.org/2000/svg"><metadata>
+<rdf:RDF xmlns:cc="http://web.resource.org/cc/" xmlns:dc="http://purl.org/dc/elements/1.1/"
+ xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><cc:Work rdf:about="">
+<dc:title>{title}</dc:title><dc:description>{desc}</dc:description>
+<dc:subject><rdf:Bag>{subjects}</rdf:Bag></dc:subject></cc:Work></rdf:RDF></metadata></svg>"""
+
+
+def _meta(bb, title, desc="", subjects=()):
+    return bb.read_metadata(SVG.format(title=title, desc=desc, subjects="".join(f"<rdf:li>{s}</rdf:li>"
+                                                                                 for s in subjects)))
+
+
+def test_caption_cleaning_on_made_up_metadata():
+    bb = _build_script()
+    meta = _meta(bb, "Red Apple", "A shiny red apple with a leaf", ["fruit", "clip art", "food", "hash", ""])
+    assert (meta.title, meta.keywords[:2]) == ("Red Apple", ["fruit", "clip art"])
+    plain = "misc/apple_jd_01.png"  # a file name that is not plain words: never a caption
+    assert bb.captions_for(meta, plain, {}) == ["red apple", "red apple, fruit, food", "A shiny red apple with a leaf"]
+    # collection names, file-name titles and HASH descriptions go; keywords alone can still caption a drawing
+    flat = _meta(bb, "Part of the Flat Icon Collection (Wed Aug 25 23:29:46 2004)", "HASH(0x862bbb8)",
+                 ["hash", "action", "computer", "icons", "theme"])
+    assert bb.captions_for(flat, plain, {}) == []
+    assert bb.captions_for(_meta(bb, "tigre02_architetto_franc", "", ["jigsaw", "shape"]), plain, {}) == \
+        ["jigsaw, shape"]
+    assert bb.captions_for(_meta(bb, "Gramastar"), plain, {}) == []
+    assert bb.captions_for(_meta(bb, "Owl"), plain, {"owl": 12}) == []  # a title shared by 10+ drawings: a set
+    # a collection title on a file named after what it shows: the file name, with the keywords
+    assert bb.captions_for(_meta(bb, "Etiquette Icons", "", ["insect", "animal"]), "bugs/ant.png",
+                           {"etiquette icons": 235}) == \
+        ["ant, insect, animal"]
+    assert bb.captions_for(_meta(bb, "Lemon SVG theme", "", ["icon"]), "apps/kview.png", {}) == []
+    # the creator's name is not a caption word; HTML entities are decoded
+    svg = SVG.replace("</cc:Work>", "<dc:creator><cc:Agent><dc:title>Architetto Francesco Rollandin</dc:title>"
+                                    "</cc:Agent></dc:creator></cc:Work>")
+    meta = bb.read_metadata(svg.format(title="Gattina Cat Architetto", desc="", subjects="<rdf:li>mammal</rdf:li>"
+                                       "<rdf:li>Francesco Rollandin</rdf:li>"))
+    assert bb.captions_for(meta, plain, {}) == ["gattina cat", "gattina cat, mammal"]
+    assert bb.read_metadata(SVG.format(title="Baden-W&amp;uuml;rttemberg", desc="", subjects="")).title == \
+        "Baden-Württemberg"
+
+
+def test_tiny_training_run_is_deterministic_and_learns():
+    bb = _build_script()
+    rng = np.random.default_rng(0)
+    n, v = 48, 2
+    text = rng.normal(size=(n, 384)).astype(np.float32)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    mix = rng.normal(size=(384, 1280)).astype(np.float32)
+    pooled = (text @ mix)[:, None, :] + 0.1 * rng.normal(size=(n, v, 1280)).astype(np.float32)
+    conse = rng.normal(size=(n, v, 384)).astype(np.float32)  # uninformative ConSE: the head must do the work
+    conse /= np.linalg.norm(conse, axis=-1, keepdims=True)
+    cfg = bb.TrainConfig(epochs=15, batch_size=16, seeds=(0, 1), lr=5e-3)
+    groups = np.arange(n)
+    torch.set_num_threads(1)
+    a = bb.train_bridge(pooled, conse, text, [[i] for i in range(n)], groups, cfg)
+    b = bb.train_bridge(pooled, conse, text, [[i] for i in range(n)], groups, cfg)
+    assert all(torch.equal(a[k], b[k]) for k in bridge_mod.KEYS)
+    img = bridge_mod.bridge_forward(a, torch.from_numpy(pooled[:, 0]), torch.from_numpy(conse[:, 0])).numpy()
+    top1 = (img @ text.T).argmax(1)
+    assert (top1 == np.arange(n)).mean() > 0.9  # chance is 1/48
