@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
+from ..progress import StepLog
 from ..quantizer.checkpoint import load_training_state, save_training_state
 from ..quantizer.config import config_from_dict
 from ..quantizer.optim import adamw, warmup_cosine
-from ..training_log import StepLog
 from .model import IDGenerator
 
 

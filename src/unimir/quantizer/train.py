@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..training_log import StepLog
+from ..progress import StepLog
 from .checkpoint import load_training_state, save_training_state
 from .combiner import FeatureTensors
 from .config import QuantizerTrainConfig
