@@ -49,7 +49,7 @@ from .vectors import VectorStore
 MODES = tuple(RETRIEVERS)
 MAX_K = 1000
 INDEX_MEDIA = "index:"  # img_path prefix of images stored inside the index directory (uploads)
-SEGMENT_ROWS = 1_000_000  # rows per segment when building from features in chunks
+SEGMENT_ROWS = 262_144  # rows per segment when building from features (bounds the float32 working set)
 
 __all__ = ["Index", "SearchHit", "SearchResult", "MODES", "MAX_K", "DEFAULT_BEAMS", "INDEX_MEDIA"]
 
