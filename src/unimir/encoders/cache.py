@@ -1,7 +1,11 @@
 """On-disk embedding cache, so re-indexing unchanged items costs nothing.
 
-Keyed by (encoder spec, part, content digest): a text by the digest of its string, an image by the digest of its
-file bytes. Stored in SQLite (stdlib, safe to read: no pickle), one float32 blob per vector.
+Keyed by (encoder fingerprint, part, content digest). The fingerprint (:attr:`Encoder.fingerprint`) digests the
+model's weight and config files and its preprocessing settings, so new weights behind the same ``hf:/dir`` spec
+never get old vectors; a text is keyed by the digest of its string, an image by the digest of its file bytes.
+Encoders write each batch as soon as it is computed (one transaction per batch), so an interrupted ``unimir
+index`` or ``add`` resumes where it stopped. Stored in SQLite (stdlib, safe to read: no pickle), one float32 blob
+per vector; the ``encoder`` column holds the fingerprint.
 """
 
 from __future__ import annotations
@@ -31,21 +35,21 @@ class EmbeddingCache:
                              "PRIMARY KEY (encoder, part, key))")
             self._db.commit()
 
-    def get_many(self, encoder: str, part: str, keys: list[str]) -> dict[str, np.ndarray]:
+    def get_many(self, fingerprint: str, part: str, keys: list[str]) -> dict[str, np.ndarray]:
         found: dict[str, np.ndarray] = {}
         with self._lock:
             for start in range(0, len(keys), 500):
                 chunk = keys[start:start + 500]
                 rows = self._db.execute(
                     f"SELECT key, vec FROM emb WHERE encoder=? AND part=? AND key IN ({','.join('?' * len(chunk))})",
-                    [encoder, part, *chunk]).fetchall()
+                    [fingerprint, part, *chunk]).fetchall()
                 found.update((k, np.frombuffer(v, dtype=np.float32)) for k, v in rows)
         return found
 
-    def put_many(self, encoder: str, part: str, items: dict[str, np.ndarray]) -> None:
+    def put_many(self, fingerprint: str, part: str, items: dict[str, np.ndarray]) -> None:
         with self._lock:
-            self._db.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?, ?, ?)",
-                                 [(encoder, part, k, np.asarray(v, np.float32).tobytes()) for k, v in items.items()])
+            rows = [(fingerprint, part, k, np.asarray(v, np.float32).tobytes()) for k, v in items.items()]
+            self._db.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?, ?, ?)", rows)
             self._db.commit()
 
     def close(self) -> None:

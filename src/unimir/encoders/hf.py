@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import NotFoundError, UnimirError
-from .base import Encoder, l2_normalize
+from .base import Encoder, fingerprint_of, l2_normalize
 from .preprocess import center_crop_tensor
 
 _CLIP_MEAN, _CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -65,6 +65,17 @@ class HFDualEncoder(Encoder):
         self.mean = tuple(pre.get("image_mean", (0.5,) * 3 if siglip else _CLIP_MEAN))
         self.std = tuple(pre.get("image_std", (0.5,) * 3 if siglip else _CLIP_STD))
         self.crop = not siglip  # SigLIP resizes to a square, CLIP resizes the short side then centre-crops
+        settings = {"family": "hf", "model_type": self.model_type, "mean": self.mean, "std": self.std,
+                    "crop": self.crop, "image_size": self.image_size, "max_length": self.max_length}
+        if os.path.isdir(name):
+            self._fingerprint = fingerprint_of([name], settings)
+        else:  # a hub snapshot: its commit hash names the exact files
+            settings["hub"] = (name, getattr(config, "_commit_hash", None))
+            self._fingerprint = fingerprint_of([], settings)
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
 
     @torch.inference_mode()
     def embed_texts(self, texts: list[str], role: str = "candidate") -> np.ndarray:

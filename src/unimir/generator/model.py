@@ -12,7 +12,6 @@ training loss). This equals the paper's full-vocabulary softmax once trained, bu
 from __future__ import annotations
 
 import inspect
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from torch import nn
 from transformers import T5Config, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
+from ..atomic import write_json
 from ..errors import IndexFormatError, InvalidInputError
 from ..quantizer.checkpoint import (
     load_tensors,
@@ -203,8 +203,8 @@ class IDGenerator(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_tensors(directory / WEIGHTS_FILE, module_tensors(self))
-        (directory / CONFIG_FILE).write_text(json.dumps(
-            {"format_version": FORMAT_VERSION, "config": self.config.to_dict(), "digest": self.digest()}, indent=2))
+        write_json(directory / CONFIG_FILE,
+                   {"format_version": FORMAT_VERSION, "config": self.config.to_dict(), "digest": self.digest()})
 
     @classmethod
     def load(cls, directory: str | Path, device: torch.device | str = "cpu") -> "IDGenerator":

@@ -16,8 +16,6 @@ The index holds codes, never features; rankings index candidate rows in insertio
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ..atomic import write_json, write_npy
 from ..data.records import Modality, parse_modalities
 from ..encoders.base import Features
 from ..errors import IndexFormatError, InvalidInputError
@@ -278,7 +277,7 @@ class GenerativeRetriever:
         if self.generator is not None:
             self.generator.save(directory)
         if with_codes:
-            np.save(directory / CODES_FILE, np.asarray(self._codes), allow_pickle=False)
+            write_npy(directory / CODES_FILE, self._codes)
         manifest = {
             "format_version": FORMAT_VERSION,
             "quantizer": {"spec": self.quantizer.spec, "config": self.quantizer.config.to_dict(),
@@ -290,10 +289,8 @@ class GenerativeRetriever:
             "stats": self.stats.to_dict(),
             "extra": self.extra,
         }
-        # The manifest goes last and atomically: a save cut short leaves digests that no longer match, so load fails.
-        tmp = directory / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2))
-        os.replace(tmp, directory / MANIFEST)
+        # The manifest goes last: a save cut short leaves digests that no longer match, so load fails.
+        write_json(directory / MANIFEST, manifest)
 
     @classmethod
     def load(cls, directory: str | Path, device: torch.device | str = "cpu", *,

@@ -204,6 +204,9 @@ class FaissStore(VectorStore):
         for path in sorted(folder.glob("dense-*.faiss")):
             code = int(path.name.split("-")[1].split(".")[0])
             index = _read(path, MMAP_IVF if self.dense_spec.nlist else MMAP_CODES)
+            if index.d != self.dim:
+                raise IndexFormatError(f"{path}: vectors of dimension {index.d}, the manifest says {self.dim}; "
+                                       "rebuild the index with 'unimir index'")
             self.dense_spec.apply_search_params(index)
             try:
                 rows = np.load(folder / f"dense-{code}.rows.npy", mmap_mode="r", allow_pickle=False)

@@ -36,11 +36,13 @@ from .store import (
     Manifest,
     SegmentEntry,
     atomic_write_bytes,
+    checksums,
     clear_unfinished,
     commit_manifest,
     fsync_tree,
     generation_name,
     now,
+    previous_manifest,
     read_current,
     write_lock,
 )
@@ -139,7 +141,7 @@ class Index:
         """
         problems = problems if problems is not None else Problems()
         if out is not None:
-            _check_target(Path(out))
+            previous_manifest(Path(out))  # refuse a folder that is not an index before any encoding work
         if isinstance(source, (str, Path)):
             candidates, root_path = load_pool(source, root, problems)
         else:
@@ -173,11 +175,43 @@ class Index:
         """Open an index directory (memory-mapped). ``root`` overrides the data root recorded at build time;
         ``generative=False`` skips the generative model (to retrain it from scratch)."""
         path = Path(path)
-        m = Manifest.read(path)
-        store = FaissStore(m.dim, m.index_spec)
-        index = cls(m, store, path=path, root=Path(root) if root else None, encoder=encoder)
-        index._open_from(m, generative=generative)
-        return index
+        for attempt in range(3):
+            m = Manifest.read(path)
+            try:
+                store = FaissStore(m.dim, m.index_spec)
+                index = cls(m, store, path=path, root=Path(root) if root else None, encoder=encoder)
+                index._open_from(m, generative=generative)
+                return index
+            except (IndexFormatError, InvalidInputError) as exc:
+                # a writer (a compaction) may have replaced this version while it was being opened: try the new one
+                if attempt == 2 or not _generation_changed(path, m):
+                    if isinstance(exc, IndexFormatError):
+                        raise
+                    raise IndexFormatError(f"{path}: {exc}; rebuild the index with 'unimir index'") from None
+        raise AssertionError("unreachable")
+
+    def writer_lock(self):
+        """The inter-process lock of this index's directory (re-entrant; a no-op for an unsaved index).
+
+        Hold it around a check-then-add that must not interleave with another writer (the server does)."""
+        import contextlib
+
+        return write_lock(self.path) if self.path is not None else contextlib.nullcontext()
+
+    def refresh(self) -> bool:
+        """Catch up with the directory: if another writer committed a newer version, adopt it (segments not yet
+        committed by this object are kept). Returns whether anything was re-read."""
+        if self.path is None:
+            return False
+        with self._write_lock:
+            try:
+                latest = Manifest.read(self.path)
+            except NotFoundError:
+                return False
+            if latest.generation == self.manifest.generation:
+                return False
+            self._adopt(latest, keep=[s for s in self._state.segments if s.folder is None])
+            return True
 
     def _open_from(self, m: Manifest, *, generative: bool = True) -> None:
         """(Re)open every segment the manifest lists; the index's in-memory state becomes exactly that version."""
@@ -259,7 +293,7 @@ class Index:
         return path
 
     def _copy_to(self, path: Path) -> Path:
-        _check_target(path)
+        previous_manifest(path)
         clone = Index(copy.deepcopy(self.manifest), FaissStore(self.manifest.dim, self.manifest.index_spec),
                       root=self.root, encoder=self._encoder)
         clone.manifest.segments, clone.manifest.files, clone.manifest.generation = [], {}, 0
@@ -307,13 +341,23 @@ class Index:
                     atomic_write_bytes(path / m.files["tombstones"], _npy_bytes(deleted))
                 else:
                     m.files.pop("tombstones", None)
+            written: set[str] = {e.name for e in m.segments[len(m.segments) - len(fresh):]} if fresh else set()
             if self._generative is not None and not self._generative_saved:
                 self._write_generative(path, m)
+                written.add(m.files["generative"])
             elif self._generative is None and (fresh or not self._generative_skipped):
                 m.files.pop("generative", None)  # new rows without codes: the model no longer covers the pool
                 m.generative = None
                 for entry in m.segments:
                     entry.codes = None
+            if deleted is not None and m.files.get("tombstones"):
+                written.add(m.files["tombstones"])
+            if current is None or m.files["dense_template"] != (current.files.get("dense_template") if current
+                                                                else None):
+                written.add(m.files["dense_template"])
+            listed = m.listed_files()
+            m.checksums = {k: v for k, v in m.checksums.items() if k.split("/", 1)[0] in listed
+                           and k.split("/", 1)[0] not in written} | checksums(path, written)
             m.num_items = m.num_rows - (len(deleted) if deleted is not None else len(self._state.deleted))
             m.modality_counts = self._counts_after(fresh, deleted)
             commit_manifest(path, m, current)
@@ -353,7 +397,12 @@ class Index:
     def _adopt(self, current: Manifest, keep: Sequence[Segment]) -> None:
         """Another process committed since we read the manifest: take its version, keeping our pending segments."""
         pending = list(keep)
-        self._open_from(current, generative=self._generative is not None or bool(current.files.get("generative")))
+        retrained = self._generative if not self._generative_saved else None  # a new model not yet committed
+        self._open_from(current, generative=retrained is None and (self._generative is not None or
+                                                                   bool(current.files.get("generative"))))
+        if retrained is not None:  # it replaces the directory's model: code the adopted rows with it
+            retrained.index(self.features, self.modality_codes)
+            self._generative, self._generative_saved, self._generative_skipped = retrained, False, False
         state = self._state
         self._state = _make_state(list(state.segments) + pending, state.deleted)
         first = state.rows
@@ -541,7 +590,7 @@ class Index:
         index are skipped and recorded in ``problems`` (or raise, when it is strict or not given), unless
         ``replace`` is true: then the old item is deleted in the same commit (an update). The new segment is
         committed when the index has a directory and ``save`` is true; if that fails, the directory keeps the
-        previous version and the new items stay in memory only (call ``save()`` again).
+        previous version and the in-memory index is rolled back to it before the error is raised.
         """
         problems = problems if problems is not None else Problems(strict=True)
         root_path = Path(root).resolve() if root else self.root
@@ -625,8 +674,16 @@ class Index:
                 try:
                     self._commit(path, fresh=[seg], deleted=deleted)
                 except BaseException:
-                    if self.path is None or self.path == path:
-                        pass  # the new segment stays in memory; save() retries
+                    # roll back to what the directory holds: the failed append leaves no trace in memory either
+                    self.vectors.drop_segment(seg.name)
+                    seg.close()
+                    committed = read_current(path) if self.path is not None else None
+                    if committed is not None and committed.generation != self.manifest.generation:
+                        self._open_from(committed, generative=self._generative is not None)  # adopted meanwhile
+                    else:
+                        self._state = previous
+                        if codes is not None:
+                            self._generative.index_codes(old_gen_codes)
                     raise
             elif deleted is not None:
                 self.vectors.set_deleted(deleted)
@@ -852,12 +909,11 @@ def _make_state(segments: list[Segment], deleted: np.ndarray) -> _State:
     return _State(tuple(segments), starts, modality, np.asarray(deleted, dtype=np.int64))
 
 
-def _check_target(path: Path) -> None:
-    """Never build into a folder that holds something other than a unimir index."""
-    if path.exists() and not path.is_dir():
-        raise InvalidInputError(f"{path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not (path / "manifest.json").exists():
-        raise InvalidInputError(f"{path} is not empty and not a unimir index; choose a new or empty folder")
+def _generation_changed(path: Path, m: Manifest) -> bool:
+    try:
+        return Manifest.read(path).generation != m.generation
+    except (IndexFormatError, NotFoundError):
+        return False
 
 
 def _code_dtype(g) -> np.dtype:

@@ -73,6 +73,10 @@ class Segment:
         if codes is not None and codes.shape[0] != arrays["modality"].shape[0]:
             raise IndexFormatError(f"{codes_path}: {codes.shape[0]} codes for {arrays['modality'].shape[0]} rows; "
                                    "run 'unimir train' again")
+        for part in ("image", "text"):
+            if arrays[part].ndim != 2:
+                raise IndexFormatError(f"{folder / part}.npy: shape {arrays[part].shape} is not [rows, dimension]; "
+                                       "rebuild the index with 'unimir index'")
         return cls(name, first_row, RecordTable.open(folder / RECORDS_FILE), arrays["modality"], arrays["masks"],
                    arrays["image"], arrays["text"], codes, folder)
 

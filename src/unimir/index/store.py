@@ -9,30 +9,37 @@ A commit writes the new files first, then replaces ``manifest.json`` in one ``os
 the files and of the directory). A crash before that replace leaves the old manifest pointing at old, complete
 files. After the switch, files the *previous* manifest listed and the new one does not are deleted: nothing
 that this code did not list is ever removed. Writers serialise on an ``fcntl`` lock of ``.lock`` in the index
-directory and re-read the newest manifest under it, so two processes appending at once both land.
+directory (:mod:`unimir.dirlock`) and re-read the newest manifest under it, so two processes appending at once
+both land. The manifest records the size and sha256 of every file it lists (computed once, when the file is
+written), for ``unimir info --check``. A folder that holds anything but a unimir index is never written to.
 
 No pickle anywhere: JSON, SQLite, ``.npy`` (``allow_pickle=False``) and FAISS's own format.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
+import re
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from .. import atomic
+from ..atomic import fsync_dir, is_temp_of, sha256_file
+from ..dirlock import LOCK_FILE, locked
 from ..errors import IndexFormatError, NotFoundError
 
 FORMAT = "unimir-index"
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
-LOCK = ".lock"
+REBUILD = "rebuild the index with 'unimir index'"
+#: names this code writes at the top of an index folder; a folder holding only these (and no manifest) is an
+#: interrupted first build, not the user's data
+_OURS = re.compile(r"^\.?(seg-\d{6}-[0-9a-f]+|dense-template-\d{6}\.faiss|tombstones-\d{6}\.npy|generative-\d{6}|"
+                   r"media)(\.tmp)?$")
+write_lock = locked  # the directory's inter-process writer lock (re-entrant within a process)
 
 
 @dataclass
@@ -62,6 +69,8 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)  # index-level files: dense template, tombstones, generative
     deleted: int = 0
     generative: dict[str, Any] | None = None
+    #: relative path of every listed file -> {"size": bytes, "sha256": hex}, recorded when it was written
+    checksums: dict[str, dict[str, Any]] = field(default_factory=dict)
     created: str = ""
     updated: str = ""
     format: str = FORMAT
@@ -77,6 +86,9 @@ class Manifest:
         names = {s.name for s in self.segments} | set(self.files.values())
         return {n.split("/", 1)[0] for n in names if n}
 
+    def listed_names(self) -> set[str]:
+        return self.listed_files()
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["fusion_weights"] = list(self.fusion_weights)
@@ -91,23 +103,77 @@ class Manifest:
                 raise NotFoundError(f"index not found: {directory}")
             raise IndexFormatError(f"{directory} is not a unimir index (no {MANIFEST}); build one with 'unimir index'")
         try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise IndexFormatError(f"{path}: corrupt manifest ({exc})") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise IndexFormatError(f"{path}: corrupt manifest ({exc}); {REBUILD}") from None
+        if not isinstance(data, dict):
+            raise IndexFormatError(f"{path}: the manifest is a JSON {type(data).__name__}, not an object; {REBUILD}")
+        if data.get("format") != FORMAT:
             raise IndexFormatError(f"{path}: not a unimir index manifest")
         if data.get("format_version") != FORMAT_VERSION:
             raise IndexFormatError(f"{path}: index format version {data.get('format_version')} is not supported "
                                    f"by this unimir (expects {FORMAT_VERSION}); rebuild the index with "
                                    "'unimir index'")
+        problem = _manifest_problem(data)
+        if problem:
+            raise IndexFormatError(f"{path}: {problem}; {REBUILD}")
         known = set(cls.__dataclass_fields__)
         try:
             m = cls(**{k: v for k, v in data.items() if k in known})
-            m.fusion_weights = tuple(m.fusion_weights)  # type: ignore[assignment]
+            m.fusion_weights = tuple(float(w) for w in m.fusion_weights)  # type: ignore[assignment]
             m.segments = [SegmentEntry(**s) for s in m.segments]  # type: ignore[arg-type]
         except (TypeError, ValueError) as exc:
-            raise IndexFormatError(f"{path}: malformed manifest ({exc})") from None
+            raise IndexFormatError(f"{path}: malformed manifest ({exc}); {REBUILD}") from None
         return m
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _plain_name(name: str) -> bool:
+    """A relative path inside the index folder: no absolute paths, no '..'."""
+    return bool(name) and not name.startswith("/") and "\\" not in name and "\0" not in name and \
+        ".." not in name.split("/") and name not in (".",)
+
+
+def _manifest_problem(d: dict[str, Any]) -> str | None:
+    """What is wrong with the fields of a manifest (None: nothing), so no later step trips over a bad type."""
+    for key, kind in (("encoder", str), ("index_spec", str)):
+        if key not in d:
+            return f"the manifest lacks {key!r}"
+        if not isinstance(d[key], kind) or not d[key]:
+            return f"{key!r} must be a non-empty string, got {d[key]!r}"
+    if "dim" not in d:
+        return "the manifest lacks 'dim'"
+    if not _is_int(d["dim"]) or d["dim"] <= 0:
+        return f"'dim' must be a positive integer, got {d['dim']!r}"
+    for key in ("num_items", "generation", "deleted"):
+        if key in d and (not _is_int(d[key]) or d[key] < 0):
+            return f"{key!r} must be a non-negative integer, got {d[key]!r}"
+    files = d.get("files", {})
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        return f"'files' must be an object of file names, got {files!r}"[:200]
+    for name in files.values():
+        if not _plain_name(name):
+            return f"'files' lists {name!r}, which is not a file name inside the index directory"
+    segments = d.get("segments", [])
+    if not isinstance(segments, list):
+        return "'segments' must be a list"
+    for s in segments:
+        if not isinstance(s, dict) or not isinstance(s.get("name"), str) or not _plain_name(s["name"]) \
+                or "/" in s["name"] or not _is_int(s.get("first_row")) or not _is_int(s.get("rows")) \
+                or (s.get("codes") is not None and (not isinstance(s["codes"], str) or not _plain_name(s["codes"]))):
+            return f"malformed segment entry {s!r}"[:200]
+    w = d.get("fusion_weights", [1.0, 1.0])
+    if (not isinstance(w, list) or len(w) != 2
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in w)):
+        return f"'fusion_weights' must be two numbers, got {w!r}"
+    for key, kind in (("modality_counts", dict), ("checksums", dict), ("generative", (dict, type(None))),
+                      ("root", (str, type(None)))):
+        if key in d and not isinstance(d[key], kind):
+            return f"{key!r} has the wrong type ({type(d[key]).__name__})"
+    return None
 
 
 def now() -> str:
@@ -120,21 +186,13 @@ def generation_name(name: str, generation: int, suffix: str = "") -> str:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic.write_bytes(path, data)
 
 
 def fsync_tree(path: Path) -> None:
     """fsync a file, or every file of a folder and the folder itself (new segment files before the commit)."""
+    import os
+
     paths = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     for p in paths:
         with open(p, "rb") as f:
@@ -142,46 +200,77 @@ def fsync_tree(path: Path) -> None:
     fsync_dir(path if path.is_dir() else path.parent)
 
 
-def fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def checksums(directory: Path, names: "list[str] | set[str]") -> dict[str, dict[str, Any]]:
+    """Size and sha256 of each named file, and of every file inside each named folder (keys: relative paths)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted(names):
+        entry = directory / name
+        files = sorted(p for p in entry.rglob("*") if p.is_file()) if entry.is_dir() else [entry]
+        for f in files:
+            out[f.relative_to(directory).as_posix()] = {"size": f.stat().st_size, "sha256": sha256_file(f)}
+    return out
 
 
-@contextlib.contextmanager
-def write_lock(directory: Path) -> Iterator[None]:
-    """Exclusive inter-process lock of an index directory for the span of one write (append, delete, commit)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / LOCK, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+def previous_manifest(directory: Path) -> Manifest | None:
+    """The manifest a write to ``directory`` builds on; None for a new, empty or damaged-index folder.
+
+    Refuses a folder that is not a unimir index and holds anything but leftovers of our own interrupted first
+    build: writing an index there would mix our files with the user's. A damaged manifest of ours gives None,
+    since rebuilding is its cure (its old files are then left in place, as no readable manifest lists them).
+    """
+    directory = Path(directory)
+    if not directory.exists():
+        return None
+    if not directory.is_dir():
+        raise IndexFormatError(f"{directory} is a file, not a folder; choose a new or empty folder for the index")
+    if (directory / MANIFEST).exists():
         try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            return Manifest.read(directory)
+        except IndexFormatError:
+            if _is_our_manifest(directory / MANIFEST):
+                return None
+            raise IndexFormatError(f"{directory} holds a {MANIFEST} that is not a unimir index; refusing to write "
+                                   "an index there (choose a new or empty folder)") from None
+    foreign = sorted(e.name for e in directory.iterdir() if not _is_ours(e.name))
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise IndexFormatError(f"{directory} is not empty and not a unimir index (it holds {foreign[0]!r}{more}); "
+                               "choose a new or empty folder for the index")
+    return None
+
+
+def _is_our_manifest(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
+def _is_ours(name: str) -> bool:
+    return name == LOCK_FILE or bool(_OURS.match(name)) or is_temp_of(name, MANIFEST)
 
 
 def read_current(directory: Path) -> Manifest | None:
-    """The committed manifest, or None for a directory that holds no index yet."""
-    return Manifest.read(directory) if (directory / MANIFEST).exists() else None
+    """The committed manifest, or None for a folder that holds no (readable) index yet."""
+    return previous_manifest(directory)
 
 
 def commit_manifest(directory: Path, manifest: Manifest, previous: Manifest | None = None) -> None:
     """Make ``manifest`` (whose files are written and synced) current; then delete what only ``previous`` listed."""
     manifest.updated = now()
-    atomic_write_bytes(directory / MANIFEST, json.dumps(manifest.to_json(), indent=2).encode())
-    fsync_dir(directory)
+    atomic.write_json(directory / MANIFEST, manifest.to_json())
     if previous is not None:
         for name in previous.listed_files() - manifest.listed_files():
             entry = directory / name
-            if entry.is_dir():
+            if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
-            elif entry.exists():
-                entry.unlink()
+            elif entry.exists() or entry.is_symlink():
+                entry.unlink(missing_ok=True)
+    for entry in directory.iterdir():  # temporary files of interrupted writes of our own manifest
+        if entry.name.endswith(".tmp") and is_temp_of(entry.name, MANIFEST):
+            entry.unlink(missing_ok=True)
+    fsync_dir(directory)
 
 
 def clear_unfinished(directory: Path) -> None:

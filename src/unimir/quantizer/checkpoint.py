@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
+from ..atomic import write_safetensors
 from ..errors import IndexFormatError
 
 _META_KEY = "unimir"
@@ -62,12 +61,7 @@ def load_tensors_strict(module: nn.Module, tensors: dict[str, torch.Tensor], wha
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
     """Atomic safetensors write; ``meta`` (JSON-serialisable) travels in the file's metadata."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={_META_KEY: json.dumps(meta or {})})
-    os.replace(tmp, path)
+    write_safetensors(path, tensors, {_META_KEY: json.dumps(meta or {})})
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

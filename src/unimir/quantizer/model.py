@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import write_json
 from ..encoders.base import Features
 from ..errors import IndexFormatError, InvalidInputError
 from .checkpoint import (
@@ -148,9 +148,8 @@ class SemanticQuantizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_tensors(directory / WEIGHTS_FILE, module_tensors(self.net), {"spec": self.spec})
-        (directory / CONFIG_FILE).write_text(json.dumps(
-            {"format_version": FORMAT_VERSION, "spec": self.spec, "config": self.config.to_dict(),
-             "digest": self.digest()}, indent=2))
+        write_json(directory / CONFIG_FILE, {"format_version": FORMAT_VERSION, "spec": self.spec,
+                                             "config": self.config.to_dict(), "digest": self.digest()})
 
     @classmethod
     def load(cls, directory: str | Path, device: torch.device | str = "cpu") -> "SemanticQuantizer":

@@ -3,7 +3,8 @@
 It owns what the index itself does not: request validation, concurrency control, image handling and the JSON
 shapes the API returns. It imports no web framework, so it can be used and tested without one.
 
-Concurrency. Searches run in parallel threads; adding items is exclusive (a readers-writer lock), because
+Concurrency. Searches run in parallel threads; adding items is exclusive (a readers-writer lock, and the index
+directory's inter-process lock against other writers such as ``unimir add``), because
 ``Index.add`` grows the FAISS partitions in place and swaps several attributes one after another. Encoder
 inference runs on one thread per model, batching concurrent queries (see :mod:`.batching`): HF fast tokenizers
 are not safe to call from several threads at once, and parallel forward passes only oversubscribe the cores.
@@ -353,7 +354,12 @@ class SearchBackend:
         if (item.text is None or not item.text.strip()) and item.image is None:
             raise InvalidInputError("an item needs a text, an image or both")
         did = item.id or auto_id(item.text, item.image)
-        with self._add_lock:  # check-then-add must not interleave with another add
+        # Check-then-add must not interleave with another add: of this server (the thread lock) or of another
+        # process writing the same directory, such as 'unimir add' (the directory lock). Under both, first catch
+        # up with what the other writers committed, so the check sees their items and the save keeps them.
+        with self._add_lock, self.index.writer_lock():
+            with self.rw.writing():
+                self.index.refresh()
             if self.has_item(did):
                 if item.id is not None:
                     raise ConflictError(f"an item with id {did!r} already exists")
@@ -364,7 +370,9 @@ class SearchBackend:
 
     def delete(self, did: str) -> None:
         """Delete one item by id (404 if absent); exclusive like an add."""
-        with self._add_lock:
+        with self._add_lock, self.index.writer_lock():
+            with self.rw.writing():
+                self.index.refresh()  # another writer may have added or deleted it
             if not self.has_item(did):
                 raise NotFoundError(f"no item with id {did!r} in this index")
             with self.rw.writing():

@@ -132,6 +132,10 @@ class BatchingEncoder(Encoder):
         self.spec, self.dim = inner.spec, inner.dim
         self.text_batch_size, self.image_batch_size = inner.text_batch_size, inner.image_batch_size
 
+    @property
+    def fingerprint(self) -> str:
+        return self.inner.fingerprint
+
     def embed_texts(self, texts: list[str], role: str = "candidate") -> np.ndarray:
         return self.worker.submit("text", role, texts)
 
