@@ -513,7 +513,8 @@ def test_unimir_serve_cli_end_to_end(built, tmp_path):
     """``unimir serve`` in a real process: it loads the index once and answers the page and a search."""
     import inspect
 
-    assert list(inspect.signature(serve).parameters) == ["index_dir", "host", "port", "root", "max_upload_bytes"]
+    assert list(inspect.signature(serve).parameters) == ["index_dir", "host", "port", "root", "max_upload_bytes",
+                                                         "device"]
     _, out = built
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
