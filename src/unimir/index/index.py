@@ -259,6 +259,8 @@ class Index:
         self._generative_skipped = not generative and bool(m.files.get("generative"))
         if generative and m.files.get("generative"):
             self._generative = self._open_generative(path / m.files["generative"], segments)
+            if "learned_rows" not in (m.generative or {}):  # saved before index-time refresh: it knows every row
+                self._generative.learned_rows = len(self._generative)
         self.manifest = m
 
     def _open_generative(self, folder: Path, segments: list[Segment]):
