@@ -38,14 +38,21 @@ def _size(paths) -> int:
 
 
 def _generative_groups(folder: Path) -> dict[str, int]:
-    return {"codes": _size([folder / "codes.npy", folder / "manifest.json"]),
+    return {"codes": _size([*folder.glob("codes*.npy"), folder / "manifest.json"]),
             "quantizer": _size(folder.glob("quantizer.*")), "generator": _size(folder.glob("generator.*"))}
 
 
 def demo_disk(index_dir: Path) -> dict[str, int]:
-    files = json.loads((index_dir / "manifest.json").read_text())["files"]
-    groups = {name: (index_dir / files[name]).stat().st_size for name in ("candidates", "features", "dense")}
-    return groups | _generative_groups(index_dir / files["generative"])
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    groups = {"candidates": 0, "features": 0, "dense": 0}
+    for seg in manifest["segments"]:  # records, fp16 parts and masks, FAISS partitions of every segment
+        for f in (index_dir / seg["name"]).iterdir():
+            kind = "candidates" if f.suffix == ".sqlite" else "dense" if f.name.startswith("dense") else \
+                "codes" if f.name == "codes.npy" else "features"
+            groups[kind] = groups.get(kind, 0) + f.stat().st_size
+    generative = _generative_groups(index_dir / manifest["files"]["generative"])
+    generative["codes"] += groups.pop("codes", 0)  # codes of segments appended after training
+    return groups | generative
 
 
 def synthetic_disk(folder: Path) -> dict[str, int]:
@@ -93,15 +100,15 @@ def _synthetic_search(folder: Path, mode: str, batch: int):
     import numpy as np
 
     from unimir.generator import GenerativeRetriever
-    from unimir.index.dense import DenseIndex, DenseSpec
+    from unimir.index.dense import FaissStore, _Partition
 
     from .synthetic import DIM, IMAGE, text_features
 
     queries = np.load(folder / "queries.npy")
     if mode.startswith("dense"):
         part = faiss.read_index(str(folder / ("flat.faiss" if mode == "dense flat" else "hnsw.faiss")))
-        dense = DenseIndex(DIM, DenseSpec.parse("flat" if mode == "dense flat" else "hnsw"))
-        dense.parts[IMAGE], dense.rows[IMAGE] = part, np.arange(part.ntotal, dtype=np.int64)
+        dense = FaissStore(DIM, "Flat" if mode == "dense flat" else "HNSW32")
+        dense.segments = {"pool": [_Partition(IMAGE, part, np.arange(part.ntotal, dtype=np.int32), 0)]}
         items, search = part.ntotal, lambda q: dense.search(q, 10, [(IMAGE,)] * len(q))
     else:
         retriever = GenerativeRetriever.load(folder / "generative")

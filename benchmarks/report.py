@@ -128,7 +128,7 @@ def scaling(r: dict, ctx: Context) -> str:
         f"{', '.join(num(n) for n in sizes)}. **Query encoding is not included** in these figures"
         + (f" (the builtin encoder needs {num(encode_ms)} ms for one short text query on this machine, "
            "see section 3)." if encode_ms else ".") + " Each mode is timed through the same call "
-        "`Index.search_features` makes: `DenseIndex.search` for the dense modes (tie-aware top-k over the FAISS "
+        "`Index.search_features` makes: `FaissStore.search` for the dense modes (tie-aware top-k over the FAISS "
         "partition) and `GenerativeRetriever.search` for the generative ones, with the candidates' fused vectors "
         "passed as `cand_fused` as the index does (they order items inside a bucket, and generative-rerank ranks "
         "its shortlist with them).",

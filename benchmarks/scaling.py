@@ -1,6 +1,6 @@
 """Latency and throughput against pool size, every retrieval mode on the same synthetic pools and queries.
 
-Each mode is timed through the call ``Index.search_features`` makes for it: ``DenseIndex.search`` (flat or HNSW
+Each mode is timed through the call ``Index.search_features`` makes for it: ``FaissStore.search`` (flat or HNSW
 FAISS partition, tie-aware top-k) or ``GenerativeRetriever.search`` (combiner, trie-constrained beam search or
 residual beam search, bucket ranking) with the candidates' fused vectors. Query encoding is not included.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from unimir.generator import GenerativeRetriever, allowed_modalities, constrained_beam_search, residual_beam_search
-from unimir.index.dense import DenseIndex, DenseSpec
+from unimir.index.dense import FaissStore
 from unimir.quantizer import QuantizerConfig
 from unimir.ranking import Ranking
 
@@ -54,10 +54,11 @@ def model_spec(quick: bool) -> ModelSpec:
 Searcher = Callable[[np.ndarray], list[Ranking]]
 
 
-def _dense(items: np.ndarray, spec: str, k: int) -> tuple[Searcher, DenseIndex, float]:
-    index = DenseIndex(DIM, DenseSpec.parse(spec))
+def _dense(items: np.ndarray, spec: str, k: int) -> tuple[Searcher, FaissStore, float]:
+    index = FaissStore(DIM, spec)
     with Stopwatch() as sw:
-        index.add(items, np.full(len(items), IMAGE, np.int8), 0)
+        index.train(items)
+        index.add_segment("pool", items, np.full(len(items), IMAGE, np.int8), 0)
     return (lambda q: index.search(q, k, [(IMAGE,)] * len(q))), index, sw.seconds
 
 
@@ -129,34 +130,40 @@ def _split(retriever: GenerativeRetriever, searchers: dict[str, Searcher], queri
     return out
 
 
-def _hnsw_sweep(index: DenseIndex, queries: np.ndarray, exact: list[Ranking], k: int) -> list[dict]:
+def _hnsw_sweep(index: FaissStore, queries: np.ndarray, exact: list[Ranking], k: int) -> list[dict]:
     """Recall@k against flat search and batch-1 latency of the raw FAISS HNSW index (``index.search(q, k)``,
     without unimir's wrapper) at several efSearch values."""
-    part = index.parts[IMAGE]
+    part = faiss.downcast_index(_part(index))
+    default_ef = part.hnsw.efSearch
     rows = []
     for ef in EF_SWEEP:
         part.hnsw.efSearch = ef
         part.search(queries[:1], k)  # warm-up
         seconds, results = _per_query(lambda q: part.search(q, k)[1][0], queries)
         rows.append({"ef_search": ef, "recall_vs_flat": _recall(results, exact, k), **summary(seconds)})
-    part.hnsw.efSearch = index.spec.ef_search
+    part.hnsw.efSearch = default_ef
     return rows
 
 
-def _hnsw_params(index: DenseIndex) -> dict[str, int]:
-    graph = index.parts[IMAGE].hnsw
-    return {"M": int(index.spec.hnsw_m), "ef_construction": int(graph.efConstruction),
+def _part(index: FaissStore) -> faiss.Index:
+    """The one FAISS partition of an image-only pool."""
+    return index.segments["pool"][0].index
+
+
+def _hnsw_params(index: FaissStore) -> dict[str, int]:
+    graph = faiss.downcast_index(_part(index)).hnsw
+    return {"M": int(graph.nb_neighbors(1)), "ef_construction": int(graph.efConstruction),
             "ef_search": int(graph.efSearch)}
 
 
-def _save(folder: Path, items: np.ndarray, queries: np.ndarray, dense: dict[str, DenseIndex],
+def _save(folder: Path, items: np.ndarray, queries: np.ndarray, dense: dict[str, FaissStore],
           retriever: GenerativeRetriever) -> None:
     """What the footprint section needs of the largest pool: vectors, FAISS files, quantizer + generator + codes."""
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "fused.npy", items)
     np.save(folder / "queries.npy", queries)
     for name, index in dense.items():
-        faiss.write_index(index.parts[IMAGE], str(folder / f"{name}.faiss"))
+        faiss.write_index(_part(index), str(folder / f"{name}.faiss"))
     retriever.save(folder / "generative")
 
 

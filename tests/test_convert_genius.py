@@ -213,6 +213,8 @@ def test_generative_modes_search_the_imported_index(imported):
 
     tmp, _, _, _ = imported
     index = Index.load(tmp / "idx")
+    # the imported generator knows the pool it was trained on: a later add refreshes only the new rows
+    assert index.generative.learned_rows == len(index.generative) == index.manifest.generative["learned_rows"]
     for mode in ("generative", "generative-rerank", "quantize"):
         hits = index.search("a red circle", modality="image", k=5, mode=mode, beams=4).hits
         assert hits and all(h.modality == "image" for h in hits)

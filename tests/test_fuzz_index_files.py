@@ -12,9 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
 
 from unimir.cli import main
 
@@ -27,23 +25,22 @@ def _set_manifest(d: Path, data) -> None:
     (d / "manifest.json").write_text(json.dumps(data))
 
 
-def _file(d: Path, key: str) -> Path:
-    return d / _manifest(d)["files"][key]
+def _segment(d: Path) -> Path:
+    return d / _manifest(d)["segments"][0]["name"]
 
 
-def truncated_features(d: Path) -> None:
-    f = _file(d, "features")
+def truncated_parts(d: Path) -> None:
+    f = _segment(d) / "text.npy"
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
 
 
 def garbage_dense(d: Path) -> None:
-    _file(d, "dense").write_bytes(os.urandom(256))
+    (_segment(d) / "dense-0.faiss").write_bytes(os.urandom(256))
 
 
-def corrupt_faiss_bytes(d: Path) -> None:  # a valid safetensors file whose FAISS blobs are not FAISS indexes
-    f = _file(d, "dense")
-    blobs = load_file(str(f))
-    save_file({k: np.frombuffer(os.urandom(v.size), np.uint8).copy() for k, v in blobs.items()}, str(f))
+def corrupt_records(d: Path) -> None:  # same size, other bytes: only the digest tells
+    f = _segment(d) / "records.sqlite"
+    f.write_bytes(os.urandom(f.stat().st_size))
 
 
 def manifest_is_array(d: Path) -> None:
@@ -69,16 +66,16 @@ def wrong_dim(d: Path) -> None:
 
 
 CASES = {  # damage -> what the error line must say
-    "truncated .safetensors": (truncated_features, "index files are missing or unreadable"),
-    "garbage .safetensors": (garbage_dense, "index files are missing or unreadable"),
-    "corrupted FAISS bytes": (corrupt_faiss_bytes, "FAISS index is corrupt"),
+    "truncated parts .npy": (truncated_parts, "missing or unreadable"),
+    "garbage FAISS file": (garbage_dense, "unreadable FAISS index"),
+    "corrupted records database": (corrupt_records, "unreadable segment records"),
     "manifest is a JSON array": (manifest_is_array, "not an object"),
     "manifest lacks encoder": (manifest_lacks_encoder, "lacks 'encoder'"),
     "files of the wrong type": (files_of_wrong_type, "'files' must be an object"),
     "wrong dim": (wrong_dim, "dimension"),
 }
-CHECK_SAYS = {"truncated .safetensors": "truncated", "garbage .safetensors": "bytes, but",
-              "corrupted FAISS bytes": "contents differ from the sha256"}
+CHECK_SAYS = {"truncated parts .npy": "truncated", "garbage FAISS file": "bytes, but",
+              "corrupted records database": "contents differ from the sha256"}
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
@@ -127,7 +124,7 @@ def test_damaged_index_files_give_one_clear_line(case, good_index, corpus, tmp_p
 def test_info_check_reports_a_missing_file_and_counts(good_index, tmp_path):
     d = tmp_path / "idx"
     shutil.copytree(good_index, d)
-    _file(d, "candidates").unlink()
+    shutil.rmtree(_segment(d))
     check = run_cli("info", "--check", d)
     assert check.returncode == 2 and "listed in the manifest but missing" in check.stderr
     shutil.rmtree(d)

@@ -8,7 +8,7 @@ from unimir import Index
 from unimir.data.problems import Problems
 from unimir.data.records import Candidate, Modality
 from unimir.errors import DataError, IndexFormatError, InvalidInputError, NotFoundError
-from unimir.index.dense import DenseIndex, DenseSpec
+from unimir.index.dense import DenseSpec, FaissStore
 
 
 @pytest.fixture(scope="module")
@@ -120,12 +120,10 @@ def test_crash_mid_save_keeps_previous_index(corpus, tiny_encoder, tmp_path, mon
     assert (tmp_path / "idx" / "manifest.json").read_text() == before
     survivor = Index.load(tmp_path / "idx", encoder=tiny_encoder)
     assert len(survivor) == 36 and "late:1" not in survivor.row_of
-    # the next successful save cleans up the orphaned generation
     survivor.add([Candidate("late:2", Modality.TEXT, "after the crash")])
-    names = sorted(p.name for p in (tmp_path / "idx").iterdir())
-    current = json.loads((tmp_path / "idx" / "manifest.json").read_text())["files"]["candidates"]
-    assert [n for n in names if n.startswith("candidates-")] == [current]
-    assert not [n for n in names if n.endswith(".tmp")]
+    again = Index.load(tmp_path / "idx", encoder=tiny_encoder)
+    assert len(again) == 37 and "late:2" in again.row_of and "late:1" not in again.row_of
+    assert not [p for p in (tmp_path / "idx").iterdir() if p.name.endswith(".tmp")]
 
 
 def test_load_errors(tmp_path, built):
@@ -146,39 +144,61 @@ def test_load_errors(tmp_path, built):
 
 
 def test_dense_spec_round_trip():
-    for spec in ("flat", "hnsw16,ef32", "hnsw32,ef64"):
+    for spec in ("SQfp16", "Flat", "HNSW16;efSearch=32", "IVF64,PQ8;nprobe=8", "OPQ8,IVF64_HNSW32,PQ8", "HNSW32,SQ8"):
         assert DenseSpec.parse(spec).spec == spec
-    assert DenseSpec.parse("hnsw").spec == "hnsw32,ef64"
-    with pytest.raises(InvalidInputError):
-        DenseSpec.parse("ivf1024")
+        assert DenseSpec.parse(DenseSpec.parse(spec).spec) == DenseSpec.parse(spec)
+    assert DenseSpec.parse("flat").spec == "SQfp16"  # today's aliases
+    assert DenseSpec.parse("hnsw").spec == "HNSW32;efSearch=64"
+    assert DenseSpec.parse("hnsw16,ef128").spec == "HNSW16;efSearch=128"
+    with pytest.raises(InvalidInputError, match="search parameter"):
+        DenseSpec.parse("HNSW32;efSearch")
+    with pytest.raises(InvalidInputError, match="FAISS cannot build"):
+        FaissStore(8, "Nonsense99")
+    with pytest.raises(InvalidInputError, match="needs at least 64 vectors"):
+        FaissStore(8, "IVF64,Flat").train(np.zeros((10, 8), np.float32))
 
 
-@pytest.mark.parametrize("spec", ["flat", "hnsw16,ef64"])
-def test_dense_search_against_brute_force(spec):
+def _brute_force(vecs, codes, deleted, q, allowed, k):
+    """The exact answer: every allowed, live row scoring at least the k-th best score."""
+    mask = np.ones(len(vecs), bool) if allowed is None else np.isin(codes, allowed)
+    mask[list(deleted)] = False
+    scores = np.where(mask, vecs.astype(np.float64) @ q, -np.inf)
+    kth = np.sort(scores)[::-1][min(k, mask.sum()) - 1]
+    return mask, set(np.flatnonzero(scores >= kth - 1e-4))
+
+
+@pytest.mark.parametrize("spec", ["flat", "Flat", "HNSW16;efSearch=64", "IVF8,Flat;nprobe=8", "HNSW16,SQ8",
+                                  "IVF8,PQ4;nprobe=8"])
+def test_dense_search_against_brute_force(spec, tmp_path):
     rng = np.random.default_rng(1)
     vecs = rng.normal(size=(300, 8)).astype(np.float32)
     vecs[100:140] = vecs[7]  # a large tie group
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    vecs = vecs.astype(np.float16).astype(np.float32)  # what an fp16 store holds exactly
     codes = rng.integers(0, 3, 300).astype(np.int8)
-    dense = DenseIndex(8, DenseSpec.parse(spec))
-    dense.add(vecs[:150], codes[:150], 0)
-    dense.add(vecs[150:], codes[150:], 150)  # appending keeps global rows
+    store = FaissStore(8, spec)
+    store.train(vecs)
+    store.add_segment("a", vecs[:150], codes[:150], 0)
+    store.add_segment("b", vecs[150:], codes[150:], 150)  # a second segment keeps global rows
+    store.write_segment("b", tmp_path)  # ... and is searched memory-mapped once persisted
+    store.open_segment("b", tmp_path, 150)
+    deleted = {3, 120, 200}
+    store.set_deleted(np.asarray(sorted(deleted)))
     queries = np.concatenate([vecs[7:8], rng.normal(size=(5, 8)).astype(np.float32)])
+    exact = spec in ("flat", "Flat", "IVF8,Flat;nprobe=8")  # nprobe = nlist: every list is scanned
     for allowed in (None, (0,), (1, 2)):
-        for q, r in zip(queries, dense.search(queries, 10, [allowed] * len(queries))):
-            mask = np.ones(300, bool) if allowed is None else np.isin(codes, allowed)
-            scores = np.where(mask, vecs @ q, -np.inf)
-            kth = np.sort(scores)[::-1][9]
-            expected = set(np.flatnonzero(scores >= kth - 1e-5))
-            assert set(r.indices.tolist()) <= set(np.flatnonzero(mask))
-            if spec == "flat":  # exact: the top 10 plus every item tied with the 10th
+        for q, r in zip(queries, store.search(queries, 10, [allowed] * len(queries))):
+            mask, expected = _brute_force(vecs, codes, deleted, q, allowed, 10)
+            assert set(r.indices.tolist()) <= set(np.flatnonzero(mask))  # modality filter and deletes: exact
+            assert len(r) >= 10
+            if exact:  # the top 10 plus every item tied with the 10th
                 assert set(r.indices.tolist()) == expected
                 assert np.all(np.diff(r.scores) <= 1e-6)
 
 
 def test_dense_ties_are_returned_whole():
     vecs = np.tile(np.eye(4, dtype=np.float32)[0], (50, 1))
-    dense = DenseIndex(4, DenseSpec())
-    dense.add(vecs, np.zeros(50, np.int8), 0)
-    (r,) = dense.search(vecs[:1], 5, [None])
+    store = FaissStore(4, "flat")
+    store.add_segment("a", vecs, np.zeros(50, np.int8), 0)
+    (r,) = store.search(vecs[:1], 5, [None])
     assert len(r) == 50 and len(set(r.tie_groups.tolist())) == 1

@@ -65,24 +65,30 @@ def test_index_refuses_a_foreign_folder_and_deletes_nothing(tmp_path, tiny_clip_
         assert len(Index.build(pool, out, encoder=f"hf:{tiny_clip_dir}")) == 2
 
 
+def _listed(path: Path) -> set[str]:
+    """Top-level names a manifest owns: its segment folders and its index-level files."""
+    m = json.loads((path / "manifest.json").read_text())
+    return {s["name"] for s in m["segments"]} | set(m["files"].values())
+
+
 def test_cleanup_removes_only_files_a_previous_manifest_listed(text_index, tiny_encoder):
     path = text_index.path
-    user_files = {"photo-123456.jpg": b"photo", "notes-000001.txt": b"notes", "candidates-000001.jsonl.bak": b"b",
+    user_files = {"photo-123456.jpg": b"photo", "notes-000001.txt": b"notes", "records.sqlite.bak": b"b",
                   ".backup-000002.tmp": b"t"}
     for name, data in user_files.items():
         (path / name).write_bytes(data)
-    (path / "features-000009").mkdir()  # a folder with one of our stems, never listed by a manifest
-    first = json.loads((path / "manifest.json").read_text())["files"]
+    (path / "seg-000009-00ab").mkdir()  # a folder named like ours, never listed by a manifest
+    first = _listed(path)
     text_index.add(texts(2, "more"))
-    second = json.loads((path / "manifest.json").read_text())["files"]
+    second = _listed(path)
     names = {p.name for p in path.iterdir()}
-    assert not set(first.values()) & names and set(second.values()) <= names
-    assert set(user_files) | {"features-000009"} <= names
+    assert first < second <= names  # appends add a segment and keep the old ones
+    assert set(user_files) | {"seg-000009-00ab"} <= names
     # rebuilding over an existing index works, and still deletes only the old index's files
     rebuilt = Index.build(texts(3, "new"), path, encoder=tiny_encoder)
     names = {p.name for p in path.iterdir()}
     assert len(Index.load(path)) == 3 and rebuilt.manifest.generation == 3
-    assert not set(second.values()) & names and set(user_files) <= names
+    assert not second & names and _listed(path) <= names and set(user_files) | {"seg-000009-00ab"} <= names
 
 
 def test_a_damaged_index_can_be_rebuilt_in_place(text_index, tiny_encoder):
@@ -220,7 +226,7 @@ def test_cache_is_keyed_by_the_weights_not_the_spec(tmp_path, tiny_clip_dir):
     changed = Index.build(pool, tmp_path / "c", encoder=changed_encoder)
     direct = changed_encoder.embed_texts([c.txt for c in changed.candidates])  # as stored (formatted)
     assert not np.allclose(changed.features.text, first.features.text, atol=1e-3)
-    assert np.allclose(changed.features.text, direct, atol=1e-5)
+    assert np.allclose(changed.features.text, direct, atol=2e-3)  # as stored: fp16
 
 
 class CountingEncoder:

@@ -135,7 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--encoder", default="builtin",
                    help="builtin (offline, default), builtin-conse (offline ConSE baseline), "
                    "hf:<hub id or local dir> or clip-sf:<dir from unimir convert>")
-    s.add_argument("--index", default="flat", help="flat (exact) or hnsw[M][,ef<N>], e.g. hnsw32,ef128")
+    s.add_argument("--index", default="flat",
+                   help="flat (exact, fp16), hnsw[M][,ef<N>], or any FAISS factory string with optional search "
+                   "parameters, e.g. 'HNSW32,SQ8', 'IVF4096,PQ64;nprobe=32'")
+    s.add_argument("--features", type=_path, help="vectors computed elsewhere, one row per pool record in pool "
+                   "order: a .safetensors file or a folder of .npy files (image, text, optional image_mask, "
+                   "text_mask); nothing is encoded")
     s.add_argument("--fusion-weights", type=_weights, default=(1.0, 1.0), metavar="W_IMG,W_TXT",
                    help="score-fusion weights of image and text parts (default 1,1)")
     s.add_argument("--batch-size", type=_positive_int, default=None, help="items per encoder batch")
@@ -153,6 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add images whose path leaves the data root (the server will serve them)")
     s.add_argument("--no-refresh", action="store_true", help="skip the short fine-tune that teaches a trained "
                    "generator the new items (run 'unimir train --stage index' later)")
+    s.add_argument("--replace", action="store_true", help="items whose id exists replace the old ones (update)")
+
+    s = sub.add_parser("delete", help="delete items by id (space is reclaimed by 'unimir compact')")
+    s.add_argument("index_dir", type=_path, help="the index directory")
+    s.add_argument("ids", nargs="+", metavar="ID", type=_text, help="ids of the items to delete")
+    s.add_argument("--missing-ok", action="store_true", help="ignore ids that are not in the index")
+
+    s = sub.add_parser("compact", help="rewrite an index into one segment without its deleted items")
+    s.add_argument("index_dir", type=_path, help="the index directory")
 
     s = sub.add_parser("search", help="search an index by text, image or both")
     s.add_argument("index_dir", type=_path, help="the index directory")
@@ -319,7 +333,7 @@ def cmd_index(args, progress: bool) -> int:
     index = Index.build(args.pool, args.out, root=args.root, encoder=args.encoder, index=args.index,
                         fusion_weights=args.fusion_weights, problems=problems, progress=progress,
                         batch_size=args.batch_size, cache=not args.no_cache,
-                        allow_outside_root=args.allow_outside_root, device=args.device)
+                        allow_outside_root=args.allow_outside_root, device=args.device, features=args.features)
     counts = ", ".join(f"{v} {k}" for k, v in index.manifest.modality_counts.items() if v)
     print(f"indexed {len(index)} items ({counts}) with encoder {index.manifest.encoder} "
           f"and index {index.manifest.index_spec} -> {index.path}")
@@ -342,9 +356,29 @@ def cmd_add(args, progress: bool) -> int:
     problems = Problems(strict=args.strict)
     index = Index.load(args.index_dir, device=args.device)
     candidates, root = load_pool(args.pool, args.root, problems, allow_outside_root=args.allow_outside_root)
-    added = index.add(candidates, root=root, problems=problems, progress=progress, refresh=not args.no_refresh)
+    added = index.add(candidates, root=root, problems=problems, progress=progress, refresh=not args.no_refresh,
+                      replace=args.replace)
     print(f"added {added} items; the index now holds {len(index)}")
     _report(problems)
+    return 0
+
+
+def cmd_delete(args, progress: bool) -> int:
+    from .index import Index
+
+    index = Index.load(args.index_dir, generative=False)  # tombstones only: no model needed
+    deleted = index.delete(args.ids, missing_ok=args.missing_ok)
+    print(f"deleted {deleted} items; the index now holds {len(index)}")
+    return 0
+
+
+def cmd_compact(args, progress: bool) -> int:
+    from .index import Index
+
+    index = Index.load(args.index_dir)
+    segments = len(index.manifest.segments)
+    dropped = index.compact()
+    print(f"compacted {segments} segments into 1; dropped {dropped} deleted rows; {len(index)} items")
     return 0
 
 
@@ -492,5 +526,6 @@ def cmd_demo(args, progress: bool) -> int:
     return run_demo(args.out, train=not args.fast, progress=progress)
 
 
-COMMANDS = {"index": cmd_index, "add": cmd_add, "search": cmd_search, "eval": cmd_eval, "train": cmd_train,
-            "info": cmd_info, "serve": cmd_serve, "demo": cmd_demo, "convert": cmd_convert}
+COMMANDS = {"index": cmd_index, "add": cmd_add, "delete": cmd_delete, "compact": cmd_compact, "search": cmd_search,
+            "eval": cmd_eval, "train": cmd_train, "info": cmd_info, "serve": cmd_serve, "demo": cmd_demo,
+            "convert": cmd_convert}

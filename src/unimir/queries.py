@@ -48,8 +48,11 @@ def prepare_queries(queries: Sequence[Query], index: "Index", *, data_root: Path
     """
     problems = problems if problems is not None else Problems()
     out = PreparedQueries()
+    positives = {q.qid: set(relevant.get(q.qid, ())) if relevant is not None else set(q.pos_cand_list)
+                 for q in queries}
+    in_pool = index.rows_of({d for rel in positives.values() for d in rel})  # one batched lookup, not one per id
     for q in queries:
-        rel = set(relevant.get(q.qid, ())) if relevant is not None else set(q.pos_cand_list)
+        rel = positives[q.qid]
         if not rel:
             out.skipped += 1
             nonpositive = getattr(relevant, "nonpositive", {}).get(q.qid) if relevant is not None else None
@@ -61,8 +64,8 @@ def prepare_queries(queries: Sequence[Query], index: "Index", *, data_root: Path
                 why = "its pos_cand_list is empty"
             problems.add(f"query has no positives ({why}); skipped", path=source, item=q.qid)
             continue
-        out.missing_positives += sum(1 for d in rel if d not in index.row_of)
-        target = target_modality(index, q.task_id, rel)
+        out.missing_positives += sum(1 for d in rel if d not in in_pool)
+        target = target_modality(index, q.task_id, rel, in_pool)
         if instructions is None or target is None:
             variants: list[str | None] = [None]
         elif all_instructions:
@@ -78,12 +81,14 @@ def prepare_queries(queries: Sequence[Query], index: "Index", *, data_root: Path
     return out
 
 
-def target_modality(index: "Index", task_id: int | None, relevant: set[str]) -> Modality | None:
+def target_modality(index: "Index", task_id: int | None, relevant: set[str],
+                    rows: "dict[str, int] | None" = None) -> Modality | None:
     if task_id is not None:
         return candidate_modality(task_id)
-    for did in relevant:  # no task id: the modality of a positive that is in the pool
-        if did in index.row_of:
-            return index.get(did).modality
+    rows = rows if rows is not None else index.rows_of(relevant)
+    for did in sorted(relevant):  # no task id: the modality of a positive that is in the pool
+        if did in rows:
+            return Modality.from_code(int(index.modality_codes[rows[did]]))
     return None
 
 

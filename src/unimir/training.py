@@ -60,13 +60,14 @@ def training_pairs(index: Index, query_files: Sequence["str | Path"], *, qrels: 
                                        source=str(qfile))
             f, ok = index.encoder.encode(prepared.items, "query", progress=progress, cache=cache, problems=problems)
             prepared = prepared.keep(ok)
+            rows_of = index.rows_of({d for rel in prepared.relevant for d in rel})  # one batched lookup
             for i, (target, rel) in enumerate(zip(prepared.targets, prepared.relevant)):
                 for did in sorted(rel):
-                    row = index.row_of.get(did)
+                    row = rows_of.get(did)
                     if row is not None:
                         query_rows.append(offset + i)
                         positive_rows.append(row)
-                        targets.append(target.code if target else index.candidates[row].modality.code)
+                        targets.append(target.code if target else int(index.modality_codes[row]))
             feats.append(f)
             offset += len(f)
     finally:

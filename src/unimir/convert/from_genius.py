@@ -310,6 +310,7 @@ def convert(rq_checkpoint: "str | os.PathLike | None", generator_checkpoint: "st
                                             "generator": None if generator is None else str(generator_checkpoint),
                                             "level0": mapping.to_dict()}}
     stats = retriever.index_codes(quantizer.codes_from_embeddings(z_np, index.modality_codes))
+    retriever.learned_rows = len(retriever)  # GENIUS trained its generator on this pool: no refresh of these rows
     index.generative = retriever
     index.save()
     return GeniusReport(Path(index_dir), quantizer.spec, None if generator is None else _gen_name(generator),

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..data.mbeir import InstructionTable, QrelsTable, read_qrels, read_queries
 from ..data.problems import Problems
-from ..data.records import Modality, Query
+from ..data.records import Query
 from ..data.tasks import eval_set, task_name
 from ..errors import InvalidInputError
 from ..index import Index
@@ -136,27 +136,34 @@ def _evaluate_group(index, qfile, task_id, queries, relevant_map, data_root, tab
                           pool=index.path.name if index.path else "pool", pool_size=len(index),
                           skipped_queries=prepared.skipped, missing_positives=prepared.missing_positives)
     allowed = [(t,) if t and modality_filter else None for t in prepared.targets]
-    duplicates = [index.duplicate_rows(q.query_txt, item.image) if exclude_query else set()
-                  for q, item in zip(prepared.queries, prepared.items)]
+    # lookup maps built once for the whole group: duplicates of every query (indexed SQL lookups, not a scan of
+    # the pool per query), and the row and modality of every relevant id
+    duplicates = index.duplicate_rows_many([(q.query_txt, item.image) for q, item in
+                                            zip(prepared.queries, prepared.items)]) if exclude_query \
+        else [set()] * len(prepared.items)
+    relevant_rows = index.rows_of({d for rel in prepared.relevant for d in rel})
+    relevant_modality = {d: int(index.modality_codes[r]) for d, r in relevant_rows.items()}
     spec = eval_set(queries[0].dataset_id, task_id) if task_id is not None else None
     ks = tuple(sorted(set(ks) | ({spec.headline_k} if spec else set())))
     hits: dict[int, list[float]] = {k: [] for k in ks}
     rand: dict[int, list[float]] = {k: [] for k in ks}
     run_lines: list[str] = []
     tie_lines: list[str] = []
-    pool_sizes = {None: len(index)} | {m: int((index.modality_codes == m.code).sum()) for m in Modality}
+    pool_sizes = {None: len(index)} | index.modality_counts()
     bar = progress_bar(len(prepared.items), f"search {qfile.stem} ({mode})", enabled=progress, unit="query")
     for start in range(0, len(prepared.items), batch_size):
         sl = slice(start, start + batch_size)
         depth = max(ks) + max((len(d) for d in duplicates[sl]), default=0)
-        rankings = index.search_features(feats[sl], allowed[sl], depth, mode=mode, beams=beams)
-        for q, target, rel, dups, ranking in zip(prepared.queries[sl], prepared.targets[sl], prepared.relevant[sl],
-                                                 duplicates[sl], rankings):
-            ranking = ranking.without(dups)
-            dids = [index.candidates[i].did for i in ranking.indices]
+        rankings = [r.without(d) for r, d in zip(index.search_features(feats[sl], allowed[sl], depth, mode=mode,
+                                                                       beams=beams), duplicates[sl])]
+        did_of = dict(zip(*_unique_dids(index, rankings)))
+        for q, target, rel, ranking in zip(prepared.queries[sl], prepared.targets[sl], prepared.relevant[sl],
+                                           rankings):
+            dids = [did_of[int(i)] for i in ranking.indices]
             is_rel = np.fromiter((d in rel for d in dids), dtype=bool, count=len(dids))
             target = target if modality_filter else None  # the random baseline draws from what was searched
-            in_pool = sum(1 for d in rel if d in index.row_of and (target is None or index.get(d).modality == target))
+            in_pool = sum(1 for d in rel if d in relevant_modality and
+                          (target is None or relevant_modality[d] == target.code))
             for k in ks:
                 hits[k].append(expected_hit_at_k(ranking, is_rel, k))
                 rand[k].append(random_hit_at_k(pool_sizes[target], in_pool, k))
@@ -182,7 +189,7 @@ def _evaluate_group(index, qfile, task_id, queries, relevant_map, data_root, tab
         from ..index.index import DEFAULT_BEAMS
         from .diagnose import diagnose as diagnose_queries
 
-        rows = [{index.row_of[d] for d in rel if d in index.row_of} for rel in prepared.relevant]
+        rows = [{relevant_rows[d] for d in rel if d in relevant_rows} for rel in prepared.relevant]
         extra["diagnosis"] = diagnose_queries(index, feats, [t.code if t else None for t in prepared.targets], rows,
                                               beams or DEFAULT_BEAMS)
     target = prepared.targets[0] if prepared.targets and modality_filter else None
@@ -192,6 +199,12 @@ def _evaluate_group(index, qfile, task_id, queries, relevant_map, data_root, tab
         dataset=spec.dataset if spec else "", task=task_name(task_id) if task_id is not None else "",
         headline_k=spec.headline_k if spec else 5, pool=pool_name, pool_size=pool_sizes[target],
         skipped_queries=prepared.skipped, missing_positives=prepared.missing_positives, extra=extra)
+
+
+def _unique_dids(index: Index, rankings) -> tuple[list[int], list[str]]:
+    """(rows, ids) of every row a batch of rankings mentions: one records query per batch, not one per hit."""
+    rows = np.unique(np.concatenate([r.indices for r in rankings])) if rankings else np.zeros(0, np.int64)
+    return rows.tolist(), [c.did for c in index.candidates_at(rows)]
 
 
 def format_table(results: Sequence[EvalResult], *, baseline: bool = True) -> str:

@@ -228,7 +228,8 @@ class GenerativeRetriever:
         n_queries = len(query_features)
         first = allowed_modalities(targets, n_queries)
         if cand_fused is not None:
-            cand_fused = np.asarray(cand_fused, dtype=np.float32)
+            if not hasattr(cand_fused, "shape") or not hasattr(cand_fused, "__getitem__"):
+                cand_fused = np.asarray(cand_fused, dtype=np.float32)  # else: an array, or a lazy [N, d] view
             if cand_fused.shape[0] != len(self):
                 raise InvalidInputError(f"cand_fused has {cand_fused.shape[0]} rows, the index {len(self)}")
             query_fused = query_features.fused() if query_fused is None else np.asarray(query_fused, np.float32)
@@ -313,10 +314,11 @@ class GenerativeRetriever:
 
     # -- persistence ----------------------------------------------------------------------------------------------
 
-    def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> None:
+    def save(self, directory: str | Path, extra: dict[str, Any] | None = None, *, with_codes: bool = True) -> None:
         """Write the quantizer, the generator (if any), ``codes.npy`` and ``manifest.json`` (format version,
         configs, digests of weights and codes, collision stats, ``extra``: e.g. the encoder name and a pool hash).
-        The trie is not stored: it is rebuilt from the codes on load, so it cannot go stale."""
+        The trie is not stored: it is rebuilt from the codes on load, so it cannot go stale. ``with_codes=False``
+        writes the model only (an index keeps the codes with its segments)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if extra is not None:
@@ -324,14 +326,15 @@ class GenerativeRetriever:
         self.quantizer.save(directory)
         if self.generator is not None:
             self.generator.save(directory)
-        write_npy(directory / CODES_FILE, self._codes)
+        if with_codes:
+            write_npy(directory / CODES_FILE, self._codes)
         manifest = {
             "format_version": FORMAT_VERSION,
             "quantizer": {"spec": self.quantizer.spec, "config": self.quantizer.config.to_dict(),
                           "digest": self.quantizer.digest()},
             "generator": None if self.generator is None else {"config": self.generator.config.to_dict(),
                                                               "digest": self.generator.digest()},
-            "codes": {"rows": len(self), "digest": array_digest(np.asarray(self._codes))},
+            "codes": {"rows": len(self), "digest": array_digest(np.asarray(self._codes))} if with_codes else None,
             "train_configs": self.train_configs,
             "stats": self.stats.to_dict(),
             "extra": self.extra,
@@ -342,8 +345,10 @@ class GenerativeRetriever:
         write_json(directory / MANIFEST, manifest)
 
     @classmethod
-    def load(cls, directory: str | Path, device: torch.device | str = "cpu") -> "GenerativeRetriever":
-        """Load what ``save`` wrote; any mismatch with the manifest raises ``IndexFormatError``."""
+    def load(cls, directory: str | Path, device: torch.device | str = "cpu", *,
+             with_codes: bool = True) -> "GenerativeRetriever":
+        """Load what ``save`` wrote; any mismatch with the manifest raises ``IndexFormatError``. With
+        ``with_codes=False`` the retriever starts with no codes (the caller supplies them: ``index_codes``)."""
         directory = Path(directory)
         manifest = read_versioned_json(directory / MANIFEST, FORMAT_VERSION)
         quantizer = SemanticQuantizer.load(directory, device)
@@ -354,14 +359,16 @@ class GenerativeRetriever:
             generator = IDGenerator.load(directory, device)
             if generator.digest() != manifest["generator"]["digest"]:
                 raise IndexFormatError(f"{directory}: generator weights differ from the manifest")
-        try:
-            codes = np.load(directory / CODES_FILE, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise IndexFormatError(f"cannot read {directory / CODES_FILE}: {exc}") from None
-        if array_digest(codes.astype(np.int64, copy=False)) != manifest["codes"]["digest"]:
-            raise IndexFormatError(f"{directory / CODES_FILE} differs from the manifest (stale or corrupt)")
         retriever = cls(quantizer, generator)
-        retriever._set_codes(codes)
+        if with_codes:
+            try:
+                codes = np.load(directory / CODES_FILE, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise IndexFormatError(f"cannot read {directory / CODES_FILE}: {exc}") from None
+            if not manifest.get("codes") or \
+                    array_digest(codes.astype(np.int64, copy=False)) != manifest["codes"]["digest"]:
+                raise IndexFormatError(f"{directory / CODES_FILE} differs from the manifest (stale or corrupt)")
+            retriever._set_codes(codes)
         retriever.train_configs = manifest.get("train_configs", {})
         retriever.extra = manifest.get("extra", {})
         retriever.health = manifest.get("health", {})

@@ -1,6 +1,9 @@
-"""Index storage and search: ``Index`` (the backend object), the dense FAISS partitions and the on-disk layout."""
+"""Index storage and search: ``Index`` (the backend object), segments, records, the vector store and retrievers."""
 
-from .dense import DenseIndex, DenseSpec
+from .dense import DenseSpec, FaissStore
 from .index import MODES, Index, SearchHit, SearchResult
+from .retrievers import RETRIEVERS, Retriever, register
+from .vectors import VectorStore
 
-__all__ = ["Index", "SearchHit", "SearchResult", "DenseIndex", "DenseSpec", "MODES"]
+__all__ = ["Index", "SearchHit", "SearchResult", "DenseSpec", "FaissStore", "VectorStore", "Retriever", "RETRIEVERS",
+           "register", "MODES"]

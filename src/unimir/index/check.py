@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..atomic import sha256_file
-from ..data.records import Modality
 from ..errors import UnimirError
 from .store import Manifest
 
@@ -37,31 +36,38 @@ def check_index(path: "str | Path") -> tuple[list[str], str]:
     except UnimirError as exc:
         return [str(exc)], ""
     problems += _media_problems(index)
-    counts = {mod.value: int((index.modality_codes == mod.code).sum()) for mod in Modality}
+    counts = {mod.value: n for mod, n in index.modality_counts().items()}
     recorded = {k: v for k, v in m.modality_counts.items() if v}
     if recorded and recorded != {k: v for k, v in counts.items() if v}:
         problems.append(f"{path}: the manifest counts {recorded} items per modality, the records hold {counts}")
     verified = (f"{len(m.checksums)} files match their recorded sizes and sha256 digests" if m.checksums else
                 "no digests recorded (saved by an older unimir): files present and loadable, contents not verified")
-    return problems, (f"ok: {path}: generation {m.generation}, {m.num_items} items; {verified}; records, features, "
-                      f"FAISS index{' and generative model' if index.generative is not None else ''} agree")
+    return problems, (f"ok: {path}: generation {m.generation}, {m.num_items} items in {len(m.segments)} segments; "
+                      f"{verified}; records, vectors, FAISS partitions"
+                      f"{' and generative codes' if index.generative is not None else ''} agree")
 
 
 def _media_problems(index) -> list[str]:
     """Uploaded images live inside the index (``media/``); each must still have the bytes it was indexed with."""
-    from ..data.images import file_digest
     from .index import INDEX_MEDIA
 
     out = []
-    for cand, digest in zip(index.candidates, index.image_digests):
-        if not (cand.img_path or "").startswith(INDEX_MEDIA):
-            continue
-        f = index.image_path(cand)
-        if not f.is_file():
-            out.append(f"{f}: the uploaded image of item {cand.did!r} is missing")
-        elif digest and file_digest(f) != digest:
-            out.append(f"{f}: the uploaded image of item {cand.did!r} differs from the one indexed (corrupt)")
+    for seg in index._state.segments:  # records streamed segment by segment, never all in memory
+        for cand, digest in seg.records.scan():
+            if (cand.img_path or "").startswith(INDEX_MEDIA):
+                out += _media_problem(index, cand, digest)
     return out
+
+
+def _media_problem(index, cand, digest) -> list[str]:
+    from ..data.images import file_digest
+
+    f = index.image_path(cand)
+    if not f.is_file():
+        return [f"{f}: the uploaded image of item {cand.did!r} is missing"]
+    if digest and file_digest(f) != digest:
+        return [f"{f}: the uploaded image of item {cand.did!r} differs from the one indexed (corrupt)"]
+    return []
 
 
 def _file_problems(path: Path, rel: str, want: object) -> list[str]:

@@ -1,98 +1,265 @@
-"""Dense retrieval on FAISS: one inner-product index per candidate modality.
+"""Dense retrieval on FAISS: any factory string, one index per (segment, candidate modality), memory-mapped.
+
+Spec strings are FAISS factory strings (``Flat``, ``SQfp16``, ``HNSW32``, ``HNSW32,SQ8``, ``IVF4096,PQ64``,
+``OPQ64,IVF65536_HNSW32,PQ64`` ...), optionally followed by search parameters after a ``;`` in FAISS's
+``ParameterSpace`` syntax (``HNSW32;efSearch=128``, ``IVF4096,PQ64;nprobe=32``). Today's short specs stay as
+aliases: ``flat`` is ``SQfp16`` (exact inner product over fp16 vectors: half of ``Flat``'s bytes, and the
+precision the vectors were stored in anyway), ``hnsw32,ef128`` is ``HNSW32;efSearch=128``.
 
 Partitioning by modality makes the candidate-modality filter exact and free (a "find an image" query only ever
-searches image rows), which a post-filter or an ID selector on a graph index would not be.
+searches image rows), which a post-filter on a graph or IVF index would not be. Stores that learn from data
+(IVF, PQ, OPQ, SQ8) are trained once, on a sample of the first build, and kept as an empty *template* that every
+later segment clones, so appended segments share the centroids and codebooks. Partitions are written with
+``faiss.write_index`` and opened with ``IO_FLAG_MMAP`` (IVF lists) or ``IO_FLAG_MMAP_IFC`` (flat codes, HNSW
+graphs): they stay in the page cache instead of anonymous memory.
+
+Deleted rows are excluded exactly: each partition knows how many of its rows are deleted and fetches that many
+more before dropping them. Ties: whenever the k-th score ties with the last one fetched, the search is repeated
+deeper, so no tie group is cut at the boundary.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
 
 import faiss
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import IndexFormatError, InvalidInputError
 from ..ranking import Ranking
+from .vectors import VectorStore
 
-_SPEC = re.compile(r"^(flat|hnsw(\d+)?(?:,ef(\d+))?)$")
+_ALIAS = re.compile(r"^(flat|hnsw(\d+)?(?:,ef(\d+))?)$")
+_PARAM = re.compile(r"^([A-Za-z_]+)=([0-9.]+)$")
+_IVF = re.compile(r"IVF(\d+)")
+DEFAULT_PARAMS = {"efSearch": 64, "nprobe": 16}  # applied where the index has them and the spec does not say
+# IO_FLAG_MMAP maps IVF inverted lists; IO_FLAG_MMAP_IFC maps flat codes and HNSW graphs. The first carries an
+# on-disk hook code in its high bits, so the two cannot be OR-ed: pick by the factory string.
+MMAP_IVF = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
+MMAP_CODES = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
+TRAIN_MIN, TRAIN_PER_LIST, TRAIN_MAX = 20_000, 64, 1_000_000
 
 
 @dataclass(frozen=True)
 class DenseSpec:
-    """A short index spec that round-trips: ``flat`` (exact) or ``hnsw[M][,ef<efSearch>]`` (default hnsw32,ef64)."""
+    """A FAISS factory string plus search parameters; ``spec`` round-trips through ``parse``."""
 
-    kind: str = "flat"
-    hnsw_m: int = 32
-    ef_search: int = 64
+    factory: str = "SQfp16"
+    params: tuple[tuple[str, float], ...] = field(default=())
 
     @classmethod
-    def parse(cls, spec: str) -> "DenseSpec":
-        m = _SPEC.match((spec or "flat").strip().lower())
-        if not m:
-            raise InvalidInputError(f"unknown index spec {spec!r}: use 'flat' or 'hnsw', 'hnsw32', 'hnsw32,ef128'")
-        if m.group(1) == "flat":
-            return cls("flat")
-        return cls("hnsw", int(m.group(2) or 32), int(m.group(3) or 64))
+    def parse(cls, spec: str | None) -> "DenseSpec":
+        text = (spec or "flat").strip()
+        alias = _ALIAS.match(text)  # lower case: the old short specs; FAISS factory strings are capitalised
+        if alias:
+            if alias.group(1) == "flat":
+                return cls("SQfp16")
+            return cls(f"HNSW{int(alias.group(2) or 32)}", (("efSearch", float(alias.group(3) or 64)),))
+        factory, _, params = text.partition(";")
+        factory = factory.strip()
+        if not factory or any(c.isspace() for c in factory):
+            raise InvalidInputError(f"unknown index spec {spec!r}: use 'flat', 'hnsw32,ef128' or a FAISS factory "
+                                    "string such as 'HNSW32', 'IVF4096,PQ64' or 'IVF1024,SQ8;nprobe=32'")
+        parsed = []
+        for item in filter(None, (p.strip() for p in params.split(","))):
+            m = _PARAM.match(item)
+            if not m:
+                raise InvalidInputError(f"index spec {spec!r}: bad search parameter {item!r} (use name=value, "
+                                        "e.g. efSearch=128 or nprobe=32)")
+            parsed.append((m.group(1), float(m.group(2))))
+        return cls(factory, tuple(parsed))
 
     @property
     def spec(self) -> str:
-        return "flat" if self.kind == "flat" else f"hnsw{self.hnsw_m},ef{self.ef_search}"
+        if not self.params:
+            return self.factory
+        return self.factory + ";" + ",".join(f"{k}={_num(v)}" for k, v in self.params)
+
+    @property
+    def nlist(self) -> int:
+        m = _IVF.search(self.factory)
+        return int(m.group(1)) if m else 0
 
     def new_index(self, dim: int) -> faiss.Index:
-        if self.kind == "flat":
-            return faiss.IndexFlatIP(dim)
-        index = faiss.IndexHNSWFlat(dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = max(40, 2 * self.hnsw_m)
-        index.hnsw.efSearch = self.ef_search
+        try:
+            index = faiss.index_factory(dim, self.factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as exc:
+            reason = str(exc).strip().splitlines()[-1][:200]
+            raise InvalidInputError(f"index spec {self.spec!r}: FAISS cannot build {self.factory!r} for "
+                                    f"d = {dim} ({reason})") from None
+        hnsw = _hnsw_of(index)
+        if hnsw is not None:
+            hnsw.efConstruction = max(40, 2 * hnsw.nb_neighbors(1))
         return index
 
+    def apply_search_params(self, index: faiss.Index) -> None:
+        space = faiss.ParameterSpace()
+        given = dict(self.params)
+        for name, default in DEFAULT_PARAMS.items():
+            given.setdefault(name, default)
+        for name, value in given.items():
+            try:
+                space.set_index_parameter(index, name, value)
+            except RuntimeError as exc:
+                if name in dict(self.params):  # a default that does not apply to this index is fine
+                    raise InvalidInputError(f"index spec {self.spec!r}: {name} does not apply to "
+                                            f"{self.factory!r} ({str(exc).strip().splitlines()[-1][:120]})") from None
 
-class DenseIndex:
-    """FAISS partitions keyed by modality code; partition row i is global candidate row ``rows[code][i]``."""
 
-    def __init__(self, dim: int, spec: DenseSpec):
-        self.dim, self.spec = dim, spec
-        self.parts: dict[int, faiss.Index] = {}
-        self.rows: dict[int, np.ndarray] = {}
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(v)
 
-    def add(self, vectors: np.ndarray, modality_codes: np.ndarray, first_row: int) -> None:
-        """Append unit vectors float32 [n, dim] whose global rows are first_row .. first_row + n - 1."""
+
+def _hnsw_of(index: faiss.Index):
+    index = faiss.downcast_index(index)
+    return index.hnsw if isinstance(index, faiss.IndexHNSW) else None
+
+
+@dataclass
+class _Partition:
+    """One FAISS index: the vectors of one modality in one segment; local row i is global row first_row+rows[i]."""
+
+    code: int
+    index: faiss.Index
+    rows: np.ndarray  # int32 [n] rows within the segment (memory-mapped once persisted)
+    first_row: int
+    deleted: int = 0  # how many of its rows are deleted
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def global_rows(self) -> np.ndarray:
+        return self.rows.astype(np.int64) + self.first_row
+
+
+class FaissStore(VectorStore):
+    """The FAISS implementation of :class:`VectorStore` (see the module docstring)."""
+
+    def __init__(self, dim: int, spec: "DenseSpec | str"):
+        self.dim = dim
+        self.dense_spec = spec if isinstance(spec, DenseSpec) else DenseSpec.parse(spec)
+        self.spec = self.dense_spec.spec
+        self._template = self.dense_spec.new_index(dim)  # validates the factory string for this dim
+        self.segments: dict[str, list[_Partition]] = {}
+        self._deleted = np.zeros(0, np.int64)
+
+    # --- training -------------------------------------------------------------------------------------------
+    @property
+    def is_trained(self) -> bool:
+        return bool(self._template.is_trained)
+
+    def train_size(self, n: int) -> int:
+        """How many vectors ``train`` wants out of n: FAISS's guidance of tens of points per IVF list."""
+        return min(n, max(TRAIN_MIN, TRAIN_PER_LIST * self.dense_spec.nlist), TRAIN_MAX)
+
+    def train(self, sample: np.ndarray) -> None:
+        if self.is_trained:
+            return
+        sample = np.ascontiguousarray(sample, dtype=np.float32)
+        nlist = self.dense_spec.nlist
+        if len(sample) < max(nlist, 1):
+            raise InvalidInputError(f"index spec {self.spec!r} needs at least {nlist} vectors to train its "
+                                    f"{nlist} lists; this pool has {len(sample)} (use fewer lists or 'flat')")
+        try:
+            self._template.train(sample)
+        except RuntimeError as exc:
+            raise InvalidInputError(f"index spec {self.spec!r}: training failed on {len(sample)} vectors "
+                                    f"({str(exc).strip().splitlines()[-1][:200]})") from None
+
+    def save_state(self, path: Path) -> None:
+        faiss.write_index(self._template, str(path))
+
+    def load_state(self, path: Path) -> None:
+        self._template = _read(path, 0)
+
+    # --- segments -------------------------------------------------------------------------------------------
+    def add_segment(self, name: str, vectors: np.ndarray, modality_codes: np.ndarray, first_row: int) -> None:
+        if not self.is_trained:
+            raise InvalidInputError(f"index spec {self.spec!r} must be trained before vectors are added")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        parts = []
         for code in np.unique(modality_codes):
-            sel = np.flatnonzero(modality_codes == code)
-            code = int(code)
-            if code not in self.parts:
-                self.parts[code] = self.spec.new_index(self.dim)
-                self.rows[code] = np.zeros(0, np.int64)
-            self.parts[code].add(vectors[sel])
-            self.rows[code] = np.concatenate([self.rows[code], sel.astype(np.int64) + first_row])
+            sel = np.flatnonzero(modality_codes == code).astype(np.int32)
+            index = faiss.clone_index(self._template)
+            index.add(vectors[sel])
+            self.dense_spec.apply_search_params(index)
+            parts.append(_Partition(int(code), index, sel, first_row))
+        self._count_deleted(parts)
+        self.segments = {**self.segments, name: parts}  # copy on write: searches iterate a snapshot
+
+    def write_segment(self, name: str, folder: Path) -> list[str]:
+        files = []
+        for p in self.segments[name]:
+            faiss.write_index(p.index, str(folder / f"dense-{p.code}.faiss"))
+            np.save(folder / f"dense-{p.code}.rows.npy", p.rows, allow_pickle=False)
+            files += [f"dense-{p.code}.faiss", f"dense-{p.code}.rows.npy"]
+        return files
+
+    def open_segment(self, name: str, folder: Path, first_row: int) -> None:
+        parts = []
+        for path in sorted(folder.glob("dense-*.faiss")):
+            code = int(path.name.split("-")[1].split(".")[0])
+            index = _read(path, MMAP_IVF if self.dense_spec.nlist else MMAP_CODES)
+            if index.d != self.dim:
+                raise IndexFormatError(f"{path}: vectors of dimension {index.d}, the manifest says {self.dim}; "
+                                       "rebuild the index with 'unimir index'")
+            self.dense_spec.apply_search_params(index)
+            try:
+                rows = np.load(folder / f"dense-{code}.rows.npy", mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise IndexFormatError(f"{folder}: unreadable dense rows ({exc}); rebuild the index") from None
+            if rows.shape != (index.ntotal,):
+                raise IndexFormatError(f"{path}: {index.ntotal} vectors but {rows.shape[0]} rows; rebuild the index")
+            parts.append(_Partition(code, index, rows, first_row))
+        self._count_deleted(parts)
+        self.segments = {**self.segments, name: parts}  # copy on write: searches iterate a snapshot
+
+    def drop_segment(self, name: str) -> None:
+        self.segments = {n: p for n, p in self.segments.items() if n != name}
+
+    def set_deleted(self, rows: np.ndarray) -> None:
+        self._deleted = np.asarray(rows, dtype=np.int64)
+        for parts in self.segments.values():
+            self._count_deleted(parts)
+
+    def _count_deleted(self, parts: list[_Partition]) -> None:
+        for p in parts:
+            if not len(self._deleted):
+                p.deleted = 0
+                continue
+            lo, hi = np.searchsorted(self._deleted, [p.first_row, p.first_row + int(p.rows.max(initial=-1)) + 1])
+            p.deleted = int(np.isin(self._deleted[lo:hi], p.global_rows()).sum()) if hi > lo else 0
 
     def __len__(self) -> int:
-        return sum(p.ntotal for p in self.parts.values())
+        return sum(p.ntotal - p.deleted for parts in self.segments.values() for p in parts)
 
-    def search(self, queries: np.ndarray, k: int, allowed: "list[tuple[int, ...] | None]") -> list[Ranking]:
-        """Top-k per query among the allowed modality codes (None = all), tie groups returned whole.
+    def rebase_segment(self, name: str, first_row: int) -> None:
+        """Move a segment that is not persisted yet to another first row (a concurrent writer appended first)."""
+        for p in self.segments[name]:
+            p.first_row = first_row
+        self._count_deleted(self.segments[name])
 
-        queries: float32 [q, dim] unit rows. ``allowed`` has one entry per query. Whenever the k-th score ties
-        with the last one fetched, the search is repeated deeper, so no tie group is cut at the boundary.
-        """
+    # --- search ---------------------------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int, allowed: "Sequence[tuple[int, ...] | None]") -> list[Ranking]:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         out: list[Ranking | None] = [None] * len(queries)
-        groups: dict[tuple[int, ...], list[int]] = {}
+        groups: dict[tuple[int, ...] | None, list[int]] = {}
         for qi, codes in enumerate(allowed):
-            present = sorted(self.parts) if codes is None else [c for c in sorted(set(codes)) if c in self.parts]
-            key = tuple(present)
-            groups.setdefault(key, []).append(qi)
+            groups.setdefault(None if codes is None else tuple(sorted(set(codes))), []).append(qi)
         for codes, qis in groups.items():
-            if not codes:
+            parts = [p for ps in list(self.segments.values()) for p in ps if codes is None or p.code in codes]
+            pool = sum(p.ntotal - p.deleted for p in parts)
+            if not parts or pool == 0:
                 for qi in qis:
                     out[qi] = Ranking.empty()
                 continue
-            pool = sum(self.parts[c].ntotal for c in codes)
             pending, depth = np.asarray(qis), min(pool, k + 16)
             while len(pending):
-                rankings = self._search_codes(queries[pending], codes, depth)
+                rankings = self._search_parts(queries[pending], parts, depth)
                 again = []
                 for qi, r in zip(pending, rankings):
                     cut = min(k, len(r)) - 1
@@ -107,37 +274,30 @@ class DenseIndex:
                 pending, depth = np.asarray(again, dtype=np.int64), min(pool, depth * 4)
         return out  # type: ignore[return-value]
 
-    def _search_codes(self, queries: np.ndarray, codes: tuple[int, ...], depth: int) -> list[Ranking]:
+    def _search_parts(self, queries: np.ndarray, parts: list[_Partition], depth: int) -> list[Ranking]:
         all_scores, all_rows = [], []
-        for c in codes:
-            part = self.parts[c]
-            d = min(depth, part.ntotal)
-            scores, local = part.search(queries, d)
+        for p in parts:
+            d = min(depth + p.deleted, p.ntotal)
+            if d == 0:
+                continue
+            scores, local = p.index.search(queries, d)
             valid = local >= 0
-            rows = np.where(valid, self.rows[c][np.clip(local, 0, None)], -1)
+            rows = np.where(valid, p.rows[np.clip(local, 0, None)].astype(np.int64) + p.first_row, -1)
+            if p.deleted:
+                valid &= ~np.isin(rows, self._deleted)
             all_scores.append(np.where(valid, scores, -np.inf))
-            all_rows.append(rows)
+            all_rows.append(np.where(valid, rows, -1))
         scores, rows = np.concatenate(all_scores, 1), np.concatenate(all_rows, 1)
         out = []
         for s, r in zip(scores, rows):
             keep = r >= 0
-            ranking = Ranking.from_scores(r[keep], s[keep])
-            out.append(ranking.top(depth))
+            out.append(Ranking.from_scores(r[keep], s[keep]).top(depth))
         return out
 
-    # --- persistence ---------------------------------------------------------------------------------------
-    def serialize(self) -> dict[int, np.ndarray]:
-        return {c: faiss.serialize_index(p) for c, p in self.parts.items()}
 
-    @classmethod
-    def deserialize(cls, dim: int, spec: DenseSpec, blobs: dict[int, np.ndarray],
-                    modality_codes: np.ndarray) -> "DenseIndex":
-        dense = cls(dim, spec)
-        for c, blob in blobs.items():
-            dense.parts[c] = faiss.deserialize_index(blob)
-            if isinstance(dense.parts[c], faiss.IndexHNSW):
-                dense.parts[c].hnsw.efSearch = spec.ef_search
-            dense.rows[c] = np.flatnonzero(modality_codes == c).astype(np.int64)
-            if dense.rows[c].shape[0] != dense.parts[c].ntotal:
-                raise ValueError(f"modality {c}: {dense.parts[c].ntotal} vectors but {dense.rows[c].shape[0]} rows")
-        return dense
+def _read(path: Path, flags: int) -> faiss.Index:
+    try:
+        return faiss.read_index(str(path), flags)
+    except RuntimeError as exc:
+        raise IndexFormatError(f"{path}: unreadable FAISS index ({str(exc).strip().splitlines()[-1][:160]}); "
+                               "rebuild the index") from None

@@ -1,38 +1,60 @@
-"""``Index``: the one backend object. Build, load, add, search; the CLI, the Python API and the server all use it."""
+"""``Index``: the one backend object. Build, load, add, delete, search; the CLI, the Python API and the server use it.
+
+Storage (see ``store.py``, ``segments.py``, ``records.py``): an index is a list of immutable segments committed
+by an atomic manifest switch; records live in SQLite, vectors once in fp16 (and in the vector store's own form),
+everything memory-mapped on load. An opened index holds per item only a modality byte and two int32 part
+positions in anonymous memory (plus what the generative trie needs when a generative model is loaded).
+Global rows number the rows of all segments in order; deleted rows keep their number (tombstones) until
+``compact`` rewrites the live rows into one segment.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import hashlib
-import json
+import copy
+import secrets
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load_file
 
-from .. import atomic, dirlock
 from ..data.images import bytes_digest, file_digest, open_image
 from ..data.ingest import load_pool
 from ..data.mbeir import format_text, query_text
 from ..data.problems import Problems
 from ..data.records import Candidate, Modality, parse_modalities
 from ..encoders import EmbeddingCache, Encoder, Features, Item, fuse, fusion_of, load_encoder
-from ..errors import IndexFormatError, InvalidInputError, NotFoundError, UnimirError
+from ..errors import IndexFormatError, InvalidInputError, NotFoundError
 from ..ranking import Ranking
-from .dense import DenseIndex, DenseSpec
-from .store import REBUILD, Manifest, checksums, commit_manifest, generation_name, now, previous_manifest
+from .dense import DenseSpec, FaissStore
+from .retrievers import DEFAULT_BEAMS, RETRIEVERS
+from .segments import CODES_FILE, Segment
+from .store import (
+    Manifest,
+    SegmentEntry,
+    atomic_write_bytes,
+    checksums,
+    clear_unfinished,
+    commit_manifest,
+    fsync_tree,
+    generation_name,
+    now,
+    previous_manifest,
+    read_current,
+    write_lock,
+)
+from .vectors import VectorStore
 
-MODES = ("dense", "generative", "generative-rerank", "quantize")
+MODES = tuple(RETRIEVERS)
 MAX_K = 1000
-DEFAULT_BEAMS = 50  # the paper's B; fewer distinct IDs than beams is handled by the decoder
 MAX_BEAMS = 256  # one limit for the CLI, the Python API and the server: beam search memory grows with B
 INDEX_MEDIA = "index:"  # img_path prefix of images stored inside the index directory (uploads)
+SEGMENT_ROWS = 262_144  # rows per segment when building from features (bounds the float32 working set)
+
+__all__ = ["Index", "SearchHit", "SearchResult", "MODES", "MAX_K", "MAX_BEAMS", "DEFAULT_BEAMS", "INDEX_MEDIA"]
 
 
 @dataclass
@@ -62,63 +84,68 @@ class SearchResult:
                 "results": [h.to_json() for h in self.hits]}
 
 
+@dataclass(frozen=True)
+class _State:
+    """What a search reads, swapped as a whole by writers so that readers always see one consistent version."""
+
+    segments: tuple[Segment, ...] = ()
+    starts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # first row of each segment
+    modality: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))  # int8 [rows]
+    deleted: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sorted global rows
+
+    @property
+    def rows(self) -> int:
+        return int(self.modality.shape[0])
+
+    def locate(self, rows: np.ndarray) -> np.ndarray:
+        """Segment position of each global row."""
+        return np.searchsorted(self.starts, rows, side="right") - 1
+
+
 class Index:
-    """A searchable candidate pool: records, encoder features, a FAISS index and, once trained, a generative model.
+    """A searchable candidate pool: segments of records and vectors, a vector store and, once trained, a
+    generative model. ``len(index)`` counts live (not deleted) items."""
 
-    Attributes: ``candidates`` (list[Candidate], row order), ``features`` (:class:`Features`, parts float32
-    [N, d]), ``fused`` (float32 [N, d] score-fusion vectors), ``modality_codes`` (int8 [N]).
-
-    Writers. Several processes may write one index directory (``unimir add``, a server's POST /items, ``unimir
-    train``). Every save holds the directory's lock (:mod:`unimir.dirlock`) and first re-reads the newest
-    generation: when another writer committed one since this object was loaded, its own unsaved items (and a
-    retrained generative model) are merged onto that generation instead of overwriting it.
-    """
-
-    def __init__(self, manifest: Manifest, candidates: list[Candidate], features: Features,
-                 image_digests: list[str | None], dense: DenseIndex, *, path: Path | None = None,
-                 root: Path | None = None, generative=None, encoder: Encoder | None = None,
-                 device: str | None = None):
-        self.manifest, self.candidates, self.features = manifest, candidates, features
+    def __init__(self, manifest: Manifest, vectors: VectorStore, *, path: Path | None = None,
+                 root: Path | None = None, encoder: Encoder | None = None, device: str | None = None):
+        self.manifest, self.vectors = manifest, vectors
         self.device = device  # where the encoder and the generative model run (None: cpu)
         # fusion belongs to the encoder; its policy is known from the spec without loading the model
         self.fusion = encoder.fusion if encoder is not None else fusion_of(manifest.encoder)
-        self.image_digests, self.dense, self._generative = image_digests, dense, generative
         self.path = Path(path) if path else None
         self.root = Path(root) if root else (Path(manifest.root) if manifest.root else None)
-        self.fused = self.fuse(features)
-        self.modality_codes = np.asarray([c.modality.code for c in candidates], dtype=np.int8)
-        self.row_of = {c.did: i for i, c in enumerate(candidates)}
         self._encoder = encoder
-        self._write_lock = threading.RLock()  # writes are serialised; searches read immutable snapshots
-        # What this object last read from or wrote to its directory: rows past _base_rows are not saved yet.
-        self._base_generation: int | None = manifest.generation if path else None
-        self._base_rows = len(candidates) if path else 0
-        self._generative_changed = False  # a retrained model replaces the directory's on the next save
-        self._load_generative = True
-        self._root_override = Path(root) if root else None
-
-    @property
-    def generative(self):
-        """The generative retriever (quantizer, semantic IDs and ID generator), or None before ``unimir train``."""
-        return self._generative
-
-    @generative.setter
-    def generative(self, retriever) -> None:
-        self._generative = retriever
-        self._generative_changed = True
+        self._state = _State()
+        self._generative = None
+        self._generative_saved = True  # False once a new model is set and not yet written
+        self._generative_skipped = False  # loaded with generative=False: the stored model is kept on commits
+        self._write_lock = threading.Lock()  # writers are serialised; searches read immutable snapshots
 
     # --- construction --------------------------------------------------------------------------------------
+    @classmethod
+    def _new(cls, encoder: "str | Encoder", dim: int, index: str, fusion_weights, root: Path,
+             device: str | None = None) -> "Index":
+        spec = DenseSpec.parse(index)
+        enc_spec = encoder if isinstance(encoder, str) else encoder.spec
+        manifest = Manifest(encoder=enc_spec, dim=dim, index_spec=spec.spec, root=str(root), created=now(),
+                            fusion_weights=tuple(float(w) for w in fusion_weights))
+        return cls(manifest, FaissStore(dim, spec), root=root, encoder=None if isinstance(encoder, str) else encoder,
+                   device=device)
+
     @classmethod
     def build(cls, source: "str | Path | Sequence[Candidate]", out: "str | Path | None" = None, *,
               root: "str | Path | None" = None, encoder: "str | Encoder" = "builtin", index: str = "flat",
               fusion_weights: tuple[float, float] = (1.0, 1.0), problems: Problems | None = None,
               progress: bool = False, batch_size: int | None = None, cache: bool = True,
-              allow_outside_root: bool = False, device: str | None = None) -> "Index":
+              features: "str | Path | Features | None" = None, allow_outside_root: bool = False,
+              device: str | None = None) -> "Index":
         """Encode a pool (M-BEIR jsonl, image folder, text file, or a list of Candidate) into a new index.
 
-        Bad items (missing or corrupt images, malformed lines) are skipped and recorded in ``problems``;
-        pass ``Problems(strict=True)`` to fail on the first one. Saved atomically to ``out`` when given.
-        Image paths that leave the data root are refused unless ``allow_outside_root``.
+        ``features`` (a ``.safetensors`` file, a folder of ``.npy`` files or a :class:`Features`) gives the
+        candidates' vectors computed elsewhere, one row per pool record in pool order; nothing is encoded then.
+        Bad items are skipped and recorded in ``problems`` (``Problems(strict=True)`` fails on the first one).
+        Saved atomically to ``out`` when given. Image paths that leave the data root are refused unless
+        ``allow_outside_root``; ``device`` (cpu, cuda) is where the encoder runs.
         """
         problems = problems if problems is not None else Problems()
         if out is not None:
@@ -127,15 +154,24 @@ class Index:
             candidates, root_path = load_pool(source, root, problems, allow_outside_root=allow_outside_root)
         else:
             candidates, root_path = list(source), Path(root or ".").resolve()
+        if features is not None:
+            from .features import read_features
+
+            feats = read_features(features) if not isinstance(features, Features) else features
+            if len(feats) != len(candidates):
+                raise InvalidInputError(f"{features if not isinstance(features, Features) else 'features'}: "
+                                        f"{len(feats)} rows for {len(candidates)} pool records (one row per record, "
+                                        "in pool order)")
+            enc = encoder
+            if not isinstance(enc, str) and enc.dim != feats.dim:
+                raise InvalidInputError(f"features are {feats.dim}-d but encoder {enc.spec!r} is {enc.dim}-d")
+            idx = cls._new(enc, feats.dim, index, fusion_weights, root_path, device)
+            idx.add_features(candidates, feats, out=Path(out) if out is not None else None)
+            return idx
         enc = load_encoder(encoder, device=device) if isinstance(encoder, str) else encoder
-        spec = DenseSpec.parse(index)
-        manifest = Manifest(encoder=enc.spec, dim=enc.dim, index_spec=spec.spec,
-                            fusion_weights=tuple(float(w) for w in fusion_weights), root=str(root_path),
-                            created=now())
-        idx = cls(manifest, [], Features.empty(enc.dim), [], DenseIndex(enc.dim, spec), root=root_path, encoder=enc,
-                  device=device)
+        idx = cls._new(enc, enc.dim, index, fusion_weights, root_path, device)
         idx.add(candidates, problems=problems, progress=progress, batch_size=batch_size, cache=cache, save=False)
-        if not idx.candidates:
+        if not len(idx):
             raise InvalidInputError("no item could be indexed" + (f": {len(problems)} skipped, the first: "
                                                                   f"{problems.items[0]}" if len(problems) else ""))
         if out is not None:
@@ -145,7 +181,7 @@ class Index:
     @classmethod
     def load(cls, path: "str | Path", *, root: "str | Path | None" = None, encoder: Encoder | None = None,
              generative: bool = True, device: str | None = None) -> "Index":
-        """Load an index directory. ``root`` overrides the data root recorded at build time (a moved dataset);
+        """Open an index directory (memory-mapped). ``root`` overrides the data root recorded at build time;
         ``generative=False`` skips the generative model (to retrain it from scratch); ``device`` (cpu, cuda) is
         where the encoder and the generative model run.
 
@@ -154,94 +190,29 @@ class Index:
         for attempt in range(3):
             m = Manifest.read(path)
             try:
-                return cls._load_generation(path, m, root=root, encoder=encoder, generative=generative, device=device)
-            except IndexFormatError:
-                # a writer may have committed a newer generation and deleted this one while it was being read
+                store = FaissStore(m.dim, m.index_spec)
+                index = cls(m, store, path=path, root=Path(root) if root else None, encoder=encoder, device=device)
+                index._open_from(m, generative=generative)
+                return index
+            except (IndexFormatError, InvalidInputError) as exc:
+                # a writer (a compaction) may have replaced this version while it was being opened: try the new one
                 if attempt == 2 or not _generation_changed(path, m):
-                    raise
+                    if isinstance(exc, IndexFormatError):
+                        raise
+                    raise IndexFormatError(f"{path}: {exc}; rebuild the index with 'unimir index'") from None
         raise AssertionError("unreachable")
 
-    @classmethod
-    def _load_generation(cls, path: Path, m: Manifest, *, root, encoder, generative: bool,
-                         device: str | None = None) -> "Index":
-        try:
-            with open(path / m.files["candidates"], encoding="utf-8") as f:
-                rows = [json.loads(line) for line in f if line.strip()]
-            arrays = load_file(str(path / m.files["features"]))
-            blobs = load_file(str(path / m.files["dense"]))
-            candidates = [Candidate(r["did"], Modality.parse(r["modality"]), r.get("txt"), r.get("img_path"),
-                                    r.get("src_content")) for r in rows]
-            features = Features(arrays["image"].astype(np.float32), arrays["text"].astype(np.float32),
-                                arrays["image_mask"].astype(bool), arrays["text_mask"].astype(bool))
-        except (KeyError, OSError, ValueError, TypeError, AttributeError, SafetensorError) as exc:
-            raise IndexFormatError(f"{path}: index files are missing or unreadable ({_short(exc)}); "
-                                   f"{REBUILD}") from None
-        n = m.num_items
-        if len(candidates) != n or len(features) != n:
-            raise IndexFormatError(f"{path}: manifest says {n} items but found {len(candidates)} records "
-                                   f"and {len(features)} feature rows; {REBUILD}")
-        shapes = [a.shape for a in (features.image, features.text)] + [features.image_mask.shape,
-                                                                      features.text_mask.shape]
-        if shapes != [(n, m.dim), (n, m.dim), (n,), (n,)]:
-            raise IndexFormatError(f"{path}: feature arrays have shapes {shapes}, but the manifest says {n} items of "
-                                   f"dimension {m.dim}; {REBUILD}")
-        codes = np.asarray([c.modality.code for c in candidates], dtype=np.int8)
-        try:
-            dense = DenseIndex.deserialize(m.dim, DenseSpec.parse(m.index_spec),
-                                           {int(k.rsplit("_", 1)[1]): v for k, v in blobs.items()}, codes)
-        except (ValueError, RuntimeError, IndexError, TypeError, UnimirError) as exc:  # FAISS raises RuntimeError
-            raise IndexFormatError(f"{path / m.files['dense']}: the FAISS index is corrupt or does not match the "
-                                   f"records ({_short(exc)}); {REBUILD}") from None
-        if len(dense) != n or any(p.d != m.dim for p in dense.parts.values()):
-            raise IndexFormatError(f"{path / m.files['dense']}: the FAISS index holds {len(dense)} vectors of "
-                                   f"dimension {sorted({p.d for p in dense.parts.values()})}, the manifest says {n} "
-                                   f"of dimension {m.dim}; {REBUILD}")
-        index = cls(m, candidates, features, [r.get("image_sha1") for r in rows], dense, path=path,
-                    root=Path(root) if root else None, encoder=encoder, device=device)
-        index._load_generative = generative
-        if generative and m.files.get("generative"):
-            from ..devices import resolve_device
-            from ..generator import GenerativeRetriever
-
-            try:
-                retriever = GenerativeRetriever.load(path / m.files["generative"], resolve_device(device))
-            except (KeyError, OSError, ValueError, TypeError, RuntimeError, SafetensorError) as exc:
-                raise IndexFormatError(f"{path / m.files['generative']}: the generative model is unreadable "
-                                       f"({_short(exc)}); run 'unimir train' again") from None
-            if retriever.extra != index._pool_identity():  # never search with codes of another pool or encoder
-                raise IndexFormatError(f"{path}: the generative model was trained for another pool or encoder "
-                                       "than this index holds; run 'unimir train' again")
-            index._generative = retriever
-        return index
-
-    # --- persistence ---------------------------------------------------------------------------------------
-    def writer_lock(self) -> "contextlib.AbstractContextManager[None]":
+    def writer_lock(self):
         """The inter-process lock of this index's directory (re-entrant; a no-op for an unsaved index).
 
         Hold it around a check-then-add that must not interleave with another writer (the server does)."""
-        return dirlock.locked(self.path) if self.path is not None else contextlib.nullcontext()
+        import contextlib
 
-    def save(self, path: "str | Path | None" = None) -> Path:
-        """Write a new generation of files and switch the manifest to it atomically.
-
-        Saving to the directory this index came from merges: under the directory lock, a newer generation that
-        another writer committed meanwhile is read first and this object's unsaved items are appended to it (an
-        id that the other writer added too keeps the other writer's item). Saving anywhere else replaces what is
-        there, if it is a unimir index; any other non-empty folder is refused."""
-        path = Path(path) if path is not None else self.path
-        if path is None:
-            raise InvalidInputError("no index directory given to save to")
-        previous_manifest(path)  # refuse a foreign folder before creating the lock file in it
-        with dirlock.locked(path), self._write_lock:  # always this order: the folder lock, then the object's
-            previous = previous_manifest(path)
-            if self._is_stale(path, previous):
-                self._rebase(path, previous)
-            self._write_generation(path, previous)
-        return path
+        return write_lock(self.path) if self.path is not None else contextlib.nullcontext()
 
     def refresh(self) -> bool:
-        """Catch up with the directory: if another writer committed a newer generation, adopt it (unsaved items
-        of this object are kept and appended). Returns whether anything was re-read."""
+        """Catch up with the directory: if another writer committed a newer version, adopt it (segments not yet
+        committed by this object are kept). Returns whether anything was re-read."""
         if self.path is None:
             return False
         with self._write_lock:
@@ -249,88 +220,249 @@ class Index:
                 latest = Manifest.read(self.path)
             except NotFoundError:
                 return False
-            if latest.generation == self._base_generation:
+            if latest.generation == self.manifest.generation:
                 return False
-            self._rebase(self.path, latest)
+            self._adopt(latest, keep=[s for s in self._state.segments if s.folder is None])
             return True
 
-    def _is_stale(self, path: Path, on_disk: Manifest | None) -> bool:
-        return (on_disk is not None and self.path is not None and _same_dir(path, self.path)
-                and on_disk.generation != self._base_generation)
+    def _open_from(self, m: Manifest, *, generative: bool = True) -> None:
+        """(Re)open every segment the manifest lists; the index's in-memory state becomes exactly that version."""
+        path = self.path
+        assert path is not None
+        if m.files.get("dense_template"):
+            self.vectors.load_state(path / m.files["dense_template"])
+        for seg in self._state.segments:
+            if seg.folder is not None:  # persisted: reopened below; pending (in-memory) ones are the caller's
+                self.vectors.drop_segment(seg.name)
+                seg.close()
+        segments = []
+        for entry in m.segments:
+            seg = Segment.open(path / entry.name, entry.name, entry.first_row,
+                               path / entry.codes if entry.codes else None)
+            if seg.rows != entry.rows:
+                raise IndexFormatError(f"{path / entry.name}: manifest says {entry.rows} rows, found {seg.rows}; "
+                                       "rebuild the index")
+            self.vectors.open_segment(entry.name, path / entry.name, entry.first_row)
+            segments.append(seg)
+        deleted = np.zeros(0, np.int64)
+        if m.files.get("tombstones"):
+            try:
+                deleted = np.load(path / m.files["tombstones"], allow_pickle=False).astype(np.int64)
+            except (OSError, ValueError) as exc:
+                raise IndexFormatError(f"{path}: unreadable tombstones ({exc}); rebuild the index") from None
+        self.vectors.set_deleted(deleted)
+        self._state = _make_state(segments, deleted)
+        if self._state.rows != m.num_rows or self.live_count() != m.num_items:
+            raise IndexFormatError(f"{path}: manifest says {m.num_items} items but the segments hold "
+                                   f"{self.live_count()}; rebuild the index")
+        self._generative, self._generative_saved = None, True
+        self._generative_skipped = not generative and bool(m.files.get("generative"))
+        if generative and m.files.get("generative"):
+            self._generative = self._open_generative(path / m.files["generative"], segments)
+            if "learned_rows" not in (m.generative or {}):  # saved before index-time refresh: it knows every row
+                self._generative.learned_rows = len(self._generative)
+        self.manifest = m
 
-    def _rebase(self, path: Path, on_disk: Manifest) -> list[str]:
-        """Adopt the generation ``on_disk`` and re-append this object's unsaved rows (and keep a retrained model).
-        Returns the ids of unsaved rows dropped because the directory already holds them."""
-        start = self._base_rows
-        own_cands, own_feats = self.candidates[start:], self.features[start:]
-        own_digests = self.image_digests[start:]
-        retrained = self._generative if self._generative_changed else None
-        latest = Index._load_generation(path, on_disk, root=self._root_override, encoder=self._encoder,
-                                        generative=retrained is None and self._load_generative, device=self.device)
-        m = latest.manifest
-        if m.encoder != self.manifest.encoder or m.dim != self.manifest.dim:
-            raise IndexFormatError(f"{path} was rebuilt with encoder {m.encoder!r} ({m.dim}-d) after this process "
-                                   f"loaded it with {self.manifest.encoder!r} ({self.manifest.dim}-d); its vectors "
-                                   "cannot be merged: load the index again and repeat the change")
-        for name in ("manifest", "candidates", "features", "fused", "modality_codes", "image_digests", "row_of",
-                     "dense", "_generative"):
-            setattr(self, name, getattr(latest, name))
-        self._base_generation, self._base_rows = on_disk.generation, len(latest.candidates)
-        keep = [i for i, c in enumerate(own_cands) if c.did not in self.row_of]
-        if retrained is not None:
-            self._generative = None  # its codes are recomputed below for the merged rows
-        if keep:
-            self._append([own_cands[i] for i in keep], own_feats[np.asarray(keep)], [own_digests[i] for i in keep])
-        if retrained is not None:
+    def _open_generative(self, folder: Path, segments: list[Segment]):
+        from ..devices import resolve_device
+        from ..generator import GenerativeRetriever
+
+        retriever = GenerativeRetriever.load(folder, resolve_device(self.device), with_codes=False)
+        if retriever.extra.get("encoder") != self.manifest.encoder:  # never search with codes of another encoder
+            raise IndexFormatError(f"{folder}: the generative model was trained for another encoder than this "
+                                   "index holds; run 'unimir train' again")
+        if any(s.codes is None for s in segments):
+            raise IndexFormatError(f"{folder}: some segments have no generative codes; run 'unimir train' again")
+        width = retriever.quantizer.config.code_length
+        codes = np.concatenate([np.asarray(s.codes, dtype=np.int64) for s in segments]) if segments else \
+            np.zeros((0, width), np.int64)
+        retriever.index_codes(codes)
+        return retriever
+
+    # --- generative model ----------------------------------------------------------------------------------
+    @property
+    def generative(self):
+        return self._generative
+
+    @generative.setter
+    def generative(self, retriever) -> None:
+        """Install a (newly trained) generative retriever whose codes cover every row; ``save`` writes it."""
+        if retriever is not None and len(retriever) != self._state.rows:
+            raise InvalidInputError(f"the generative retriever codes {len(retriever)} rows; this index has "
+                                    f"{self._state.rows}")
+        self._generative, self._generative_saved = retriever, retriever is None
+        self._generative_skipped = False
+
+    # --- persistence ---------------------------------------------------------------------------------------
+    def save(self, path: "str | Path | None" = None) -> Path:
+        """Commit what is not on disk yet (in-memory segments, a new generative model) with one manifest switch.
+
+        Saving to another directory than the index's own writes a full copy there."""
+        path = Path(path) if path is not None else self.path
+        if path is None:
+            raise InvalidInputError("no index directory given to save to")
+        if self.path is not None and path.resolve() != self.path.resolve():
+            return self._copy_to(path)
+        with self._write_lock:
+            self._commit(path, fresh=[s for s in self._state.segments if s.folder is None])
+        return path
+
+    def _copy_to(self, path: Path) -> Path:
+        previous_manifest(path)
+        clone = Index(copy.deepcopy(self.manifest), FaissStore(self.manifest.dim, self.manifest.index_spec),
+                      root=self.root, encoder=self._encoder)
+        clone.manifest.segments, clone.manifest.files, clone.manifest.generation = [], {}, 0
+        clone.vectors.load_state(self.path / self.manifest.files["dense_template"])
+        live = np.setdiff1d(np.arange(self._state.rows), self._state.deleted)
+        clone.add_features(*self._rows_content(live), out=path)
+        return path
+
+    def _commit(self, path: Path, *, fresh: Sequence[Segment] = (), deleted: np.ndarray | None = None,
+                replace: bool = False) -> None:
+        """Under the directory lock: adopt what other writers committed, write ``fresh`` segments (appended after
+        the newest rows), the tombstones and a new generative model if any, then switch the manifest."""
+        path.mkdir(parents=True, exist_ok=True)
+        with write_lock(path):
+            clear_unfinished(path)
+            current = read_current(path)
+            if current is not None and self.path is not None and current.generation != self.manifest.generation \
+                    and not replace:
+                self._adopt(current, keep=fresh)
+            m = copy.deepcopy(self.manifest)
+            m.generation = (current.generation if current else 0) + 1
+            if replace:
+                m.segments = []
+                m.files = {k: v for k, v in m.files.items() if k in ("dense_template", "generative")}
+            if "dense_template" not in m.files or current is None:
+                m.files["dense_template"] = generation_name("dense-template", m.generation, ".faiss")
+                self.vectors.save_state(path / m.files["dense_template"])
+            first = m.num_rows
+            for i, seg in enumerate(fresh):
+                # a unique name: a crash after the rename leaves a folder no later segment can collide with
+                name = f"{generation_name('seg', m.generation)}-{i:03d}{secrets.token_hex(2)}"
+                self._rebase(seg, name, first)
+                tmp = path / f".{name}.tmp"
+                tmp.mkdir()
+                seg.write(tmp)
+                self.vectors.write_segment(seg.name, tmp)
+                fsync_tree(tmp)
+                tmp.replace(path / name)
+                codes = f"{name}/{CODES_FILE}" if seg.codes is not None else None
+                m.segments.append(SegmentEntry(name, first, seg.rows, codes))
+                first += seg.rows
+            if deleted is not None:
+                if len(deleted):
+                    m.files["tombstones"] = generation_name("tombstones", m.generation, ".npy")
+                    atomic_write_bytes(path / m.files["tombstones"], _npy_bytes(deleted))
+                else:
+                    m.files.pop("tombstones", None)
+            written: set[str] = {e.name for e in m.segments[len(m.segments) - len(fresh):]} if fresh else set()
+            if self._generative is not None and not self._generative_saved:
+                self._write_generative(path, m)
+                written.add(m.files["generative"])
+            elif self._generative is None and (fresh or not self._generative_skipped):
+                m.files.pop("generative", None)  # new rows without codes: the model no longer covers the pool
+                m.generative = None
+                for entry in m.segments:
+                    entry.codes = None
+            if deleted is not None and m.files.get("tombstones"):
+                written.add(m.files["tombstones"])
+            if current is None or m.files["dense_template"] != (current.files.get("dense_template") if current
+                                                                else None):
+                written.add(m.files["dense_template"])
+            listed = m.listed_files()
+            m.checksums = {k: v for k, v in m.checksums.items() if k.split("/", 1)[0] in listed
+                           and k.split("/", 1)[0] not in written} | checksums(path, written)
+            m.num_items = m.num_rows - (len(deleted) if deleted is not None else len(self._state.deleted))
+            m.modality_counts = self._counts_after(fresh, deleted)
+            commit_manifest(path, m, current)
+            self.path = path
+            self.manifest = m
+            self._reopen_fresh(path, fresh)
+            if deleted is not None:
+                self.vectors.set_deleted(deleted)
+                self._state = _make_state(list(self._state.segments), deleted)
+            self._generative_saved = True
+
+    def _rebase(self, seg: Segment, name: str, first_row: int) -> None:
+        old = seg.name
+        if old in self.vectors.segments:  # type: ignore[attr-defined]
+            parts = self.vectors.segments[old]  # type: ignore[attr-defined]
+            self.vectors.drop_segment(old)
+            self.vectors.segments = {**self.vectors.segments, name: parts}  # type: ignore[attr-defined]
+        seg.name = name
+        if seg.first_row != first_row:
+            seg.first_row = first_row
+            self.vectors.rebase_segment(name, first_row)
+            self._state = _make_state(list(self._state.segments), self._state.deleted)
+
+    def _reopen_fresh(self, path: Path, fresh: Sequence[Segment]) -> None:
+        """Swap freshly written in-memory segments for their memory-mapped files (frees their RAM)."""
+        if not fresh:
+            return
+        entries = {e.name: e for e in self.manifest.segments}
+        opened = {}
+        for seg in fresh:
+            e = entries[seg.name]
+            opened[seg.name] = Segment.open(path / e.name, e.name, e.first_row, path / e.codes if e.codes else None)
+            self.vectors.open_segment(e.name, path / e.name, e.first_row)
+            seg.close()
+        self._state = _make_state([opened.get(s.name, s) for s in self._state.segments], self._state.deleted)
+
+    def _adopt(self, current: Manifest, keep: Sequence[Segment]) -> None:
+        """Another process committed since we read the manifest: take its version, keeping our pending segments."""
+        pending = list(keep)
+        retrained = self._generative if not self._generative_saved else None  # a new model not yet committed
+        self._open_from(current, generative=retrained is None and (self._generative is not None or
+                                                                   bool(current.files.get("generative"))))
+        if retrained is not None:  # it replaces the directory's model: code the adopted rows with it
             retrained.index(self.features, self.modality_codes)
-            self._generative = retrained
-        return [c.did for i, c in enumerate(own_cands) if i not in set(keep)]
+            self._generative, self._generative_saved, self._generative_skipped = retrained, False, False
+        state = self._state
+        self._state = _make_state(list(state.segments) + pending, state.deleted)
+        first = state.rows
+        for seg in pending:  # re-number after the adopted rows
+            seg.first_row = first
+            self.vectors.rebase_segment(seg.name, first)
+            first += seg.rows
+        self._state = _make_state(list(state.segments) + pending, state.deleted)
+        if self._generative is not None and pending:
+            for seg in pending:
+                seg.codes = self._generative.quantizer.compute_codes(seg.features(), seg.modality.astype(np.int64))
+            self._generative.index_codes(np.concatenate([self._generative.codes] + [s.codes for s in pending]))
 
-    def _write_generation(self, path: Path, previous: Manifest | None) -> None:
-        """Write this object's state as the generation after ``previous`` and commit it (directory lock held)."""
-        gen = (previous.generation if previous is not None else 0) + 1
-        m = dataclasses.replace(self.manifest, generation=gen)
-        files = {"candidates": generation_name("candidates", gen, ".jsonl"),
-                 "features": generation_name("features", gen, ".safetensors"),
-                 "dense": generation_name("dense", gen, ".safetensors")}
-        lines = []
-        for c, digest in zip(self.candidates, self.image_digests):
-            rec = c.to_json()
-            if digest:
-                rec["image_sha1"] = digest
-            lines.append(json.dumps(rec, ensure_ascii=False))
-        atomic.write_text(path / files["candidates"], "\n".join(lines) + "\n")
-        f = self.features
-        atomic.write_safetensors(path / files["features"], {
-            "image": f.image.astype(np.float16), "text": f.text.astype(np.float16),
-            "image_mask": f.image_mask.astype(np.uint8), "text_mask": f.text_mask.astype(np.uint8)})
-        atomic.write_safetensors(path / files["dense"],
-                                 {f"modality_{c}": b for c, b in self.dense.serialize().items()})
-        if self._generative is not None:
-            files["generative"] = generation_name("generative", gen)
-            self._generative.save(path / files["generative"], extra=self._pool_identity())
-            m.generative = {"quantizer": self._generative.quantizer.config.spec,
-                            "generator": self._generative.generator is not None,
-                            "collisions": self._generative.stats.to_dict(),
-                            "health": self._generative.health, "learned_rows": self._generative.learned_rows}
-        m.files, m.num_items = files, len(self.candidates)
-        m.modality_counts = {mod.value: int((self.modality_codes == mod.code).sum()) for mod in Modality}
-        m.checksums = checksums(path, files.values())
-        commit_manifest(path, m, previous)
-        self.manifest, self.path = m, path
-        self._base_generation, self._base_rows, self._generative_changed = gen, len(self.candidates), False
+    def _write_generative(self, path: Path, m: Manifest) -> None:
+        g = self._generative
+        name = generation_name("generative", m.generation)
+        folder = path / name
+        g.save(folder, extra={"encoder": self.manifest.encoder}, with_codes=False)
+        codes = np.asarray(g.codes)
+        for entry in m.segments:
+            part = codes[entry.first_row:entry.first_row + entry.rows].astype(_code_dtype(g))
+            np.save(folder / f"codes-{entry.name}.npy", part, allow_pickle=False)
+            entry.codes = f"{name}/codes-{entry.name}.npy"
+        fsync_tree(folder)
+        m.files["generative"] = name
+        m.generative = {"quantizer": g.quantizer.config.spec, "generator": g.generator is not None,
+                        "collisions": g.stats.to_dict(), "health": g.health, "learned_rows": g.learned_rows}
 
-    def _pool_identity(self) -> dict[str, Any]:
-        """What the generative model's codes belong to: the encoder and the exact list of candidate ids."""
-        dids = hashlib.sha1("\n".join(c.did for c in self.candidates).encode()).hexdigest()
-        return {"encoder": self.manifest.encoder, "num_items": len(self.candidates), "dids_sha1": dids}
+    def _counts_after(self, fresh: Sequence[Segment], deleted: np.ndarray | None) -> dict[str, int]:
+        modality = self._state.modality
+        gone = self._state.deleted if deleted is None else deleted
+        live = np.ones(len(modality), bool)
+        live[gone[gone < len(modality)]] = False
+        return {mod.value: int(((modality == mod.code) & live).sum()) for mod in Modality}
 
-    # --- adding --------------------------------------------------------------------------------------------
+    # --- encoder -------------------------------------------------------------------------------------------
     @property
     def encoder(self) -> Encoder:
         """The encoder named in the manifest, loaded on first use."""
         if self._encoder is None:
-            self._encoder = load_encoder(self.manifest.encoder, device=self.device)
+            enc = load_encoder(self.manifest.encoder, device=self.device)
+            if enc.dim != self.manifest.dim:
+                raise InvalidInputError(f"encoder {enc.spec!r} is {enc.dim}-d but this index holds "
+                                        f"{self.manifest.dim}-d vectors")
+            self._encoder = enc
         return self._encoder
 
     @encoder.setter
@@ -343,90 +475,263 @@ class Index:
         self.fusion = encoder.fusion
 
     def fuse(self, features: Features) -> np.ndarray:
-        """Score-fusion vectors of ``features`` under this index's encoder policy and fusion weights."""
+        """Score-fusion vectors of parts, float32 [n, d], under this index's encoder policy and fusion weights:
+        the one place the index fuses."""
         return fuse(features, self.fusion, self.manifest.fusion_weights)
 
+    # --- sizes and lookups -----------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self.candidates)
+        return self.live_count()
 
+    def live_count(self) -> int:
+        return self._state.rows - len(self._state.deleted)
+
+    @property
+    def num_rows(self) -> int:
+        """Rows of all segments, deleted ones included (rankings index this row space)."""
+        return self._state.rows
+
+    @property
+    def deleted_rows(self) -> np.ndarray:
+        return self._state.deleted
+
+    @property
+    def modality_codes(self) -> np.ndarray:
+        """int8 [rows]: the modality code of every row (deleted rows included)."""
+        return self._state.modality
+
+    def modality_counts(self) -> dict[Modality, int]:
+        """Live items per modality."""
+        counts = self._counts_after((), None)
+        return {m: counts[m.value] for m in Modality}
+
+    def rows_of(self, dids: "Sequence[str] | set[str]") -> dict[str, int]:
+        """Global rows of the live items among ``dids`` (absent and deleted ids are left out)."""
+        state, out = self._state, {}
+        dids = list(dict.fromkeys(dids))
+        for seg in state.segments:
+            for did, local in seg.records.rows_of(dids).items():
+                out[did] = seg.first_row + local
+        if len(state.deleted) and out:
+            gone = set(np.intersect1d(np.fromiter(out.values(), np.int64), state.deleted).tolist())
+            out = {d: r for d, r in out.items() if r not in gone}
+        return out
+
+    def candidates_at(self, rows: Sequence[int]) -> list[Candidate]:
+        """Records of global rows, in the given order (one SQL query per segment and 900 rows)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        state = self._state
+        if len(rows) and (rows.min() < 0 or rows.max() >= state.rows):
+            raise NotFoundError(f"row out of range 0..{state.rows - 1}")
+        where = state.locate(rows)
+        found: dict[int, Candidate] = {}
+        for s in np.unique(where):
+            seg = state.segments[s]
+            local = rows[where == s] - seg.first_row
+            found.update({seg.first_row + r: c for r, c in seg.records.fetch(local.tolist()).items()})
+        return [found[int(r)] for r in rows]
+
+    def digests_at(self, rows: Sequence[int]) -> list[str | None]:
+        rows = np.asarray(rows, dtype=np.int64)
+        state = self._state
+        where = state.locate(rows)
+        found: dict[int, str | None] = {}
+        for s in np.unique(where):
+            seg = state.segments[s]
+            found.update({seg.first_row + r: d for r, d in seg.records.digests((rows[where == s] -
+                                                                                 seg.first_row).tolist()).items()})
+        return [found[int(r)] for r in rows]
+
+    def get(self, did: str) -> Candidate:
+        row = self.rows_of([did]).get(did)
+        if row is None:
+            raise NotFoundError(f"no item with id {did!r} in this index")
+        return self.candidates_at([row])[0]
+
+    def __contains__(self, did: object) -> bool:
+        return isinstance(did, str) and did in self.rows_of([did])
+
+    @property
+    def row_of(self) -> "RowLookup":
+        """A read-only mapping did -> global row over the on-disk records (no dict of all ids is built)."""
+        return RowLookup(self)
+
+    @property
+    def candidates(self) -> "CandidateRows":
+        """A read-only sequence of records by global row; iterating yields the live items in row order."""
+        return CandidateRows(self)
+
+    def features_at(self, rows: Sequence[int]) -> Features:
+        """float32 parts of global rows, read from the memory-mapped fp16 segments."""
+        rows = np.asarray(rows, dtype=np.int64)
+        state = self._state
+        where = state.locate(rows)
+        out = Features.empty(self.manifest.dim, len(rows))
+        for s in np.unique(where):
+            seg, sel = state.segments[s], np.flatnonzero(where == s)
+            f = seg.features(rows[sel] - seg.first_row)
+            out.image[sel], out.text[sel], out.image_mask[sel], out.text_mask[sel] = \
+                f.image, f.text, f.image_mask, f.text_mask
+        return out
+
+    @property
+    def features(self) -> Features:
+        """Every row's parts as float32 (materialised: 8·d bytes per row; meant for training, not for serving)."""
+        return Features.concat([s.features() for s in self._state.segments], self.manifest.dim)
+
+    @property
+    def fused(self) -> "FusedRows":
+        """The candidates' fusion vectors as a lazy [rows, d] array: ``fused[rows]`` computes only those rows."""
+        return FusedRows(self)
+
+    def image_path(self, cand: Candidate) -> Path:
+        """The file behind a candidate's image. Only paths recorded in the index ever reach the filesystem."""
+        if not cand.img_path:
+            raise NotFoundError(f"item {cand.did!r} has no image")
+        if cand.img_path.startswith(INDEX_MEDIA):
+            if self.path is None:
+                raise NotFoundError(f"item {cand.did!r}: its image lives in an unsaved index")
+            return self.path / cand.img_path[len(INDEX_MEDIA):]
+        p = Path(cand.img_path)
+        if p.is_absolute() or self.root is None:
+            return p
+        return self.root / p
+
+    # --- adding --------------------------------------------------------------------------------------------
     def add(self, candidates: Sequence[Candidate], *, root: "str | Path | None" = None,
             problems: Problems | None = None, progress: bool = False, batch_size: int | None = None,
-            cache: bool = True, save: bool = True, refresh: bool = True) -> int:
-        """Encode and append candidates without rebuilding; returns how many were added.
+            cache: bool = True, save: bool = True, replace: bool = False, refresh: bool = True) -> int:
+        """Encode and append candidates as one new segment; returns how many were added.
 
         With a trained generator and ``refresh``, a short index-time fine-tune teaches it the new items' IDs
-        (``GenerativeRetriever.refresh``); ``refresh=False`` defers that to ``unimir train --stage index``.
+        (``GenerativeRetriever.refresh``) before the commit; ``refresh=False`` defers that to
+        ``unimir train --stage index``.
 
-        Image paths resolve against ``root`` (default: the index's data root). Items with a duplicate id or a
-        bad image are skipped and recorded in ``problems`` (or raise, when it is strict or not given).
-        When the index has a directory and ``save`` is true, the items are appended to the directory's newest
-        generation under its lock (items another writer added meanwhile are kept) and saved. If that save fails,
-        this object is reset to what the directory holds and the error is raised: memory never silently holds
-        items the directory lacks.
+        Image paths resolve against ``root`` (default: the index's data root). Items with an id already in the
+        index are skipped and recorded in ``problems`` (or raise, when it is strict or not given), unless
+        ``replace`` is true: then the old item is deleted in the same commit (an update). The new segment is
+        committed when the index has a directory and ``save`` is true; if that fails, the directory keeps the
+        previous version and the in-memory index is rolled back to it before the error is raised.
         """
         problems = problems if problems is not None else Problems(strict=True)
-        with self._write_lock:  # encoding happens outside the folder lock, so other writers are not held up
-            root_path = Path(root).resolve() if root else self.root
-            fresh, seen = [], set(self.row_of)
-            for c in candidates:
-                if c.did in seen:
-                    problems.add(f"duplicate candidate id {c.did!r}", item=c.did)
-                    continue
-                seen.add(c.did)
-                if c.txt is not None:
-                    c = Candidate(c.did, c.modality, format_text(c.txt), c.img_path, c.src_content)
-                foreign_root = root_path is not None and root_path != self.root
-                if c.img_path and foreign_root and not c.img_path.startswith(INDEX_MEDIA):
-                    c = Candidate(c.did, c.modality, c.txt, str((root_path / c.img_path).resolve()), c.src_content)
-                fresh.append(c)
-            if not fresh:
-                return 0
-            digests = [_digest_or_none(self.image_path(c)) if c.img_path else None for c in fresh]
-            items = [Item(c.txt, self.image_path(c) if c.img_path else None, name=c.did, image_digest=d)
-                     for c, d in zip(fresh, digests)]
-            enc_cache = EmbeddingCache() if cache else None
-            try:
-                feats, ok = self.encoder.encode(items, "candidate", batch_size=batch_size, progress=progress,
-                                                cache=enc_cache, problems=problems)
-            finally:
-                if enc_cache:
-                    enc_cache.close()
-            kept = [c for c, good in zip(fresh, ok) if good]
-            kept_digests = [d for d, good in zip(digests, ok) if good]
+        root_path = Path(root).resolve() if root else self.root
+        fresh, seen = [], set()
+        existing = self.rows_of([c.did for c in candidates])
+        for c in candidates:
+            if c.did in seen or (c.did in existing and not replace):
+                problems.add(f"duplicate candidate id {c.did!r}", item=c.did)
+                continue
+            seen.add(c.did)
+            if c.txt is not None:
+                c = Candidate(c.did, c.modality, format_text(c.txt), c.img_path, c.src_content)
+            foreign_root = root_path is not None and root_path != self.root
+            if c.img_path and foreign_root and not c.img_path.startswith(INDEX_MEDIA):
+                c = Candidate(c.did, c.modality, c.txt, str((root_path / c.img_path).resolve()), c.src_content)
+            fresh.append(c)
+        if not fresh:
+            return 0
+        digests = [_digest_or_none(self.image_path(c)) if c.img_path else None for c in fresh]
+        items = [Item(c.txt, self.image_path(c) if c.img_path else None, name=c.did, image_digest=d)
+                 for c, d in zip(fresh, digests)]
+        enc_cache = EmbeddingCache() if cache else None
+        try:
+            feats, ok = self.encoder.encode(items, "candidate", batch_size=batch_size, progress=progress,
+                                            cache=enc_cache, problems=problems)
+        finally:
+            if enc_cache:
+                enc_cache.close()
+        kept = [c for c, good in zip(fresh, ok) if good]
         if not kept:
             return 0
-        saving = save and self.path is not None
-        with self.writer_lock() if saving else contextlib.nullcontext(), self._write_lock:
-            previous = previous_manifest(self.path) if saving else None
-            if saving and self._is_stale(self.path, previous):
-                self._rebase(self.path, previous)
-            rows = []
-            for i, c in enumerate(kept):
-                if c.did in self.row_of:  # added by another writer (or thread) while this batch was encoded
-                    problems.add(f"duplicate candidate id {c.did!r} (added meanwhile)", item=c.did)
-                else:
-                    rows.append(i)
-            if not rows:
-                return 0
-            self._append([kept[i] for i in rows], feats[np.asarray(rows)], [kept_digests[i] for i in rows])
-            if refresh and self.generative is not None and self.generative.generator is not None:
-                self.generative.refresh(self.features, log=progress)  # teach the generator the new IDs
-            if saving:
-                try:
-                    self._write_generation(self.path, previous)
-                except BaseException:
-                    self._reset_to_directory()
-                    raise
-            return len(rows)
+        self._append(kept, feats, [d for d, good in zip(digests, ok) if good], save=save, replace=replace,
+                     refresh=refresh, log=progress)
+        return len(kept)
 
-    def _reset_to_directory(self) -> None:
-        """After a failed save: drop the unsaved rows by re-reading the directory's current generation."""
-        try:
-            on_disk = Manifest.read(self.path)
-            self._base_rows, self._generative_changed = len(self.candidates), False  # nothing of ours to keep
-            self._rebase(self.path, on_disk)
-        except UnimirError:
-            pass  # the directory is unreadable too; the caller gets the original error
+    def add_features(self, candidates: Sequence[Candidate], features: Features, digests=None, *,
+                     out: Path | None = None, chunk: int = SEGMENT_ROWS) -> None:
+        """Append candidates with precomputed parts (bring-your-own embeddings), ``chunk`` rows per segment.
+
+        With ``out``, each chunk is committed as it is built (memory stays at one chunk), else kept in memory."""
+        n = len(candidates)
+        digests = list(digests) if digests is not None else [None] * n
+        if not self.vectors.is_trained:
+            size = self.vectors.train_size(n)  # type: ignore[attr-defined]
+            pick = np.sort(np.random.default_rng(0).choice(n, size, replace=False)) if size < n else np.arange(n)
+            self.vectors.train(self.fuse(features[pick]))
+        for start in range(0, n, chunk):
+            part = slice(start, min(n, start + chunk))
+            feats = features[part]
+            feats = Features(np.asarray(feats.image, np.float32), np.asarray(feats.text, np.float32),
+                             np.asarray(feats.image_mask, bool), np.asarray(feats.text_mask, bool))
+            self._append(list(candidates[part]), feats, digests[part], save=out is not None, path=out)
+
+    def _append(self, kept: list[Candidate], feats: Features, digests: list[str | None], *, save: bool = True,
+                path: Path | None = None, replace: bool = False, refresh: bool = False, log: bool = False) -> None:
+        with self._write_lock:
+            path = path or self.path
+            first = self._state.rows
+            codes_c0 = np.asarray([c.modality.code for c in kept], dtype=np.int8)
+            if not self.vectors.is_trained:  # a first add trains on what it adds
+                n = len(kept)
+                size = self.vectors.train_size(n)  # type: ignore[attr-defined]
+                self.vectors.train(self.fuse(feats[np.arange(n)[:size]]))
+            codes = None
+            if self._generative is not None:
+                codes = self._generative.quantizer.compute_codes(feats, codes_c0.astype(np.int64))
+            name = f"mem-{time.monotonic_ns()}"
+            seg = Segment.from_features(name, first, kept, digests, feats, codes)
+            self.vectors.add_segment(name, self.fuse(feats), codes_c0, first)
+            old_gen_codes = None if self._generative is None else self._generative.codes
+            previous = self._state
+            deleted = None
+            if replace:
+                again = self.rows_of([c.did for c in kept])
+                if again:
+                    deleted = np.union1d(previous.deleted, np.fromiter(again.values(), np.int64))
+            self._state = _make_state(list(previous.segments) + [seg], previous.deleted)
+            if codes is not None:
+                self._generative.index_codes(np.concatenate([old_gen_codes, codes]))
+            refreshed = self._after_append(kept, refresh=refresh, log=log)
+            if save and path is not None:
+                try:
+                    self._commit(path, fresh=[seg], deleted=deleted)
+                except BaseException:
+                    # roll back to what the directory holds: the failed append leaves no trace in memory either
+                    self.vectors.drop_segment(seg.name)
+                    seg.close()
+                    committed = read_current(path) if self.path is not None else None
+                    if committed is not None and committed.generation != self.manifest.generation:
+                        self._open_from(committed, generative=self._generative is not None)  # adopted meanwhile
+                    else:
+                        self._state = previous
+                        if codes is not None:
+                            self._generative.index_codes(old_gen_codes)
+                        if refreshed is not None:  # the fine-tuned weights are not on disk: reread the model
+                            self._reload_generative()
+                    raise
+            elif deleted is not None:
+                self.vectors.set_deleted(deleted)
+                self._state = _make_state(list(self._state.segments), deleted)
+
+    def _after_append(self, kept: list[Candidate], *, refresh: bool = False, log: bool = False):
+        """What follows an append, before its commit: with ``refresh`` and a trained generator, the index-time
+        fine-tune on the rows it does not know yet (the model is then written with the segment). Returns its
+        report, or None when nothing was done."""
+        g = self._generative
+        if not refresh or g is None or g.generator is None:
+            return None
+        report = g.refresh(_LazyFeatures(self), log=log)
+        self._generative_saved = False
+        return report
+
+    def _reload_generative(self) -> None:
+        """Reopen the committed generative model (drops in-memory changes to it); none when none is committed."""
+        if self.path is None or not self.manifest.files.get("generative"):
+            self._generative, self._generative_saved = None, True
+            return
+        self._generative = self._open_generative(self.path / self.manifest.files["generative"],
+                                                 list(self._state.segments))
+        self._generative_saved = True
 
     def add_upload(self, *, text: str | None = None, image: bytes | None = None, did: str | None = None,
                    src_content: str | None = None) -> Candidate:
@@ -444,58 +749,69 @@ class Index:
             media.mkdir(exist_ok=True)
             target = media / f"{digest}{suffix}"
             if not target.exists():
-                atomic.write_bytes(target, image)
+                atomic_write_bytes(target, image)
             img_path = f"{INDEX_MEDIA}media/{target.name}"
         did = did or f"u:{bytes_digest((text or '').encode() + (image or b''))[:12]}"
         cand = Candidate(did, Modality.of(bool(text and text.strip()), bool(image)), text, img_path, src_content)
         self.add([cand])
-        return self.candidates[self.row_of[did]]
+        return self.get(did)
 
-    def _append(self, kept: list[Candidate], feats: Features, digests: list[str | None]) -> None:
-        first = len(self.candidates)
-        codes = np.asarray([c.modality.code for c in kept], dtype=np.int8)
-        fused = self.fuse(feats)
-        self.dense.add(fused, codes, first)
-        if self.generative is not None:
-            self.generative.add(feats, codes)
-        # new objects rather than in-place growth, so concurrent readers keep a consistent snapshot
-        self.features = Features.concat([self.features, feats], self.manifest.dim)
-        self.fused = np.concatenate([self.fused, fused])
-        self.modality_codes = np.concatenate([self.modality_codes, codes])
-        self.candidates = self.candidates + kept
-        self.image_digests = self.image_digests + digests
-        self.row_of = {**self.row_of, **{c.did: first + i for i, c in enumerate(kept)}}
-        self.manifest.num_items = len(self.candidates)
+    # --- deleting ------------------------------------------------------------------------------------------
+    def delete(self, ids: Sequence[str], *, missing_ok: bool = False, save: bool = True) -> int:
+        """Delete items by id (tombstones; ``compact`` reclaims the space). Unknown ids raise ``NotFoundError``
+        before anything is deleted, unless ``missing_ok``. Returns how many were deleted."""
+        with self._write_lock:
+            found = self.rows_of(list(ids))
+            missing = [d for d in dict.fromkeys(ids) if d not in found]
+            if missing and not missing_ok:
+                shown = ", ".join(map(repr, missing[:5])) + (" ..." if len(missing) > 5 else "")
+                raise NotFoundError(f"no item with id {shown} in this index")
+            if not found:
+                return 0
+            deleted = np.union1d(self._state.deleted, np.fromiter(found.values(), np.int64))
+            if save and self.path is not None:
+                self._commit(self.path, deleted=deleted)
+            else:
+                self.vectors.set_deleted(deleted)
+                self._state = _make_state(list(self._state.segments), deleted)
+            return len(found)
 
-    # --- lookup --------------------------------------------------------------------------------------------
-    def get(self, did: str) -> Candidate:
-        try:
-            return self.candidates[self.row_of[did]]
-        except KeyError:
-            raise NotFoundError(f"no item with id {did!r} in this index") from None
+    def compact(self) -> int:
+        """Rewrite the live rows into one segment (drops tombstones and merges segments); returns rows dropped.
 
-    def image_path(self, cand: Candidate) -> Path:
-        """The file behind a candidate's image. Only paths recorded in the index ever reach the filesystem."""
-        if not cand.img_path:
-            raise NotFoundError(f"item {cand.did!r} has no image")
-        if cand.img_path.startswith(INDEX_MEDIA):
-            if self.path is None:
-                raise NotFoundError(f"item {cand.did!r}: its image lives in an unsaved index")
-            return self.path / cand.img_path[len(INDEX_MEDIA):]
-        p = Path(cand.img_path)
-        if p.is_absolute() or self.root is None:
-            return p
-        return self.root / p
+        Generative codes are carried over (no retraining); the vector store is rebuilt from the stored parts with
+        its trained template."""
+        with self._write_lock:
+            state = self._state
+            dropped = len(state.deleted)
+            live = np.setdiff1d(np.arange(state.rows), state.deleted)
+            cands, feats, digests = self._rows_content(live)
+            codes = None if self._generative is None else np.asarray(self._generative.codes)[live]
+            for seg in state.segments:
+                self.vectors.drop_segment(seg.name)
+            seg = Segment.from_features(f"mem-{time.monotonic_ns()}", 0, cands, digests, feats, codes)
+            self.vectors.set_deleted(np.zeros(0, np.int64))
+            self.vectors.add_segment(seg.name, self.fuse(feats), seg.modality, 0)
+            self._state = _make_state([seg], np.zeros(0, np.int64))
+            if self._generative is not None:
+                g = self._generative
+                g.index_codes(codes)
+                learned = int((live < g.learned_rows).sum())  # rows move up: keep counting the ones it knows
+                if learned != g.learned_rows:
+                    g.learned_rows, self._generative_saved = learned, False
+            if self.path is not None:
+                self._commit(self.path, fresh=[seg], deleted=np.zeros(0, np.int64), replace=True)
+            return dropped
+
+    def _rows_content(self, rows: np.ndarray) -> tuple[list[Candidate], Features, list[str | None]]:
+        return self.candidates_at(rows), self.features_at(rows), self.digests_at(rows)
 
     # --- search --------------------------------------------------------------------------------------------
     @property
     def modes(self) -> tuple[str, ...]:
         """The retrieval modes this index supports: ``quantize`` needs a trained quantizer, ``generative`` and
         ``generative-rerank`` a trained generator (``unimir train``)."""
-        g = self.generative
-        if g is None:
-            return ("dense",)
-        return tuple(m for m in MODES if m in ("dense", "quantize") or g.generator is not None)
+        return tuple(name for name, cls in RETRIEVERS.items() if cls.available(self))
 
     def search(self, text: str | None = None, image: "str | Path | bytes | None" = None, *,
                instruction: str | None = None, modality: "str | Sequence[str] | None" = None, k: int = 10,
@@ -516,30 +832,25 @@ class Index:
         ranking = self.search_features(feats, [allowed], k + len(duplicates), mode=mode, beams=beams)[0]
         ranking = ranking.without(duplicates).top(k)
         t2 = time.perf_counter()
+        cands = self.candidates_at(ranking.indices)
         hits = [SearchHit(i + 1, c.did, c.modality.value, float(s), c.txt, c.img_path, int(g))
-                for i, (c, s, g) in enumerate(zip((self.candidates[r] for r in ranking.indices), ranking.scores,
-                                                  ranking.tie_groups))]
+                for i, (c, s, g) in enumerate(zip(cands, ranking.scores, ranking.tie_groups))]
         ms = lambda a, b: round((b - a) * 1000, 2)  # noqa: E731
         return SearchResult(hits, mode, qtext, {"encode": ms(t0, t1), "search": ms(t1, t2), "total": ms(t0, t2)})
 
     def search_features(self, queries: Features, allowed: "Sequence[Sequence[Modality] | None]", k: int, *,
                         mode: str = "dense", beams: int | None = None) -> list[Ranking]:
         """Batch search with encoded queries. ``allowed``: per query, the candidate modalities to consider
-        (None = any). Returns one :class:`Ranking` per query with tie groups whole (see ``Ranking``)."""
+        (None = any). Returns one :class:`Ranking` per query over global rows, tie groups whole."""
         self._check_request(k, mode, beams)
         codes = [None if a is None else tuple(m.code for m in a) for a in allowed]
-        if mode == "dense":
-            return self.dense.search(self.fuse(queries), k, codes)
-        return self.generative.search(queries, codes, k=k, mode=mode, beams=DEFAULT_BEAMS if beams is None else beams,
-                                      query_fused=self.fuse(queries),
-                                      cand_fused=self.fused)
+        return RETRIEVERS[mode]().search(self, queries, codes, k, beams)
 
     def _check_request(self, k: int, mode: str, beams: int | None = None) -> None:
-        if mode not in MODES:
-            raise InvalidInputError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
-        if mode not in self.modes:
-            raise InvalidInputError(f"mode {mode!r} needs a trained generative model: run 'unimir train' on this "
-                                    "index first")
+        if mode not in RETRIEVERS:
+            raise InvalidInputError(f"unknown mode {mode!r}: use one of {', '.join(RETRIEVERS)}")
+        if not RETRIEVERS[mode].available(self):
+            raise InvalidInputError(f"mode {mode!r} {RETRIEVERS[mode].unavailable}")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
             raise InvalidInputError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
         if beams is not None and (isinstance(beams, bool) or not isinstance(beams, (int, np.integer))
@@ -549,16 +860,134 @@ class Index:
     def duplicate_rows(self, text: str | None, image: "str | Path | bytes | None") -> set[int]:
         """Rows identical to a query: the same image bytes, or a text-only item with the same (formatted) text.
 
-        Dense retrievers rank the query's own image first on composed queries; ``exclude_query`` drops these.
-        """
-        rows: set[int] = set()
-        if image is not None:
-            digest = bytes_digest(bytes(image)) if isinstance(image, (bytes, bytearray)) else file_digest(image)
-            rows.update(i for i, d in enumerate(self.image_digests) if d == digest)
-        if text is not None:
-            wanted = format_text(text)
-            rows.update(i for i, c in enumerate(self.candidates) if c.txt == wanted and not c.img_path)
-        return rows
+        Dense retrievers rank the query's own image first on composed queries; ``exclude_query`` drops these."""
+        return self.duplicate_rows_many([(text, image)])[0]
+
+    def duplicate_rows_many(self, queries: Sequence[tuple[str | None, "str | Path | bytes | None"]]) -> list[set[int]]:
+        """``duplicate_rows`` for many queries with indexed lookups: one SQL query per segment and 900 keys."""
+        digests, texts = [], []
+        for text, image in queries:
+            digest = None
+            if image is not None:
+                try:
+                    digest = bytes_digest(bytes(image)) if isinstance(image, (bytes, bytearray)) else file_digest(image)
+                except OSError:
+                    digest = None
+            digests.append(digest)
+            texts.append(format_text(text) if text is not None else None)
+        by_digest: dict[str, set[int]] = {}
+        by_text: dict[str, set[int]] = {}
+        state = self._state
+        wanted_d, wanted_t = {d for d in digests if d}, {t for t in texts if t}
+        for seg in state.segments:
+            for d, rows in seg.records.rows_with_image(wanted_d).items():
+                by_digest.setdefault(d, set()).update(seg.first_row + r for r in rows)
+            for t, rows in seg.records.rows_with_text(wanted_t).items():
+                by_text.setdefault(t, set()).update(seg.first_row + r for r in rows)
+        gone = set(state.deleted.tolist()) if len(state.deleted) else set()
+        return [((by_digest.get(d, set()) if d else set()) | (by_text.get(t, set()) if t else set())) - gone
+                for d, t in zip(digests, texts)]
+
+
+class RowLookup(Mapping):
+    """``index.row_of``: did -> global row, answered by the records' SQL index."""
+
+    def __init__(self, index: Index):
+        self._index = index
+
+    def __getitem__(self, did: str) -> int:
+        row = self._index.rows_of([did]).get(did)
+        if row is None:
+            raise KeyError(did)
+        return row
+
+    def __contains__(self, did: object) -> bool:
+        return isinstance(did, str) and did in self._index.rows_of([did])
+
+    def __iter__(self) -> Iterator[str]:
+        return (c.did for c in self._index.candidates)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+class CandidateRows(Sequence):
+    """``index.candidates``: records by global row (``[row]``), or the live items in order (iteration)."""
+
+    def __init__(self, index: Index):
+        self._index = index
+
+    def __getitem__(self, row):  # type: ignore[override]
+        if isinstance(row, slice):
+            return self._index.candidates_at(range(*row.indices(self._index.num_rows)))
+        return self._index.candidates_at([int(row)])[0]
+
+    def __len__(self) -> int:
+        return self._index.num_rows
+
+    def __iter__(self) -> Iterator[Candidate]:
+        state = self._index._state
+        gone = set(state.deleted.tolist())
+        for seg in state.segments:
+            for i, (c, _) in enumerate(seg.records.scan()):
+                if seg.first_row + i not in gone:
+                    yield c
+
+
+class _LazyFeatures:
+    """Every row's parts as ``Features`` rows on demand: ``[rows]`` reads only those rows (for the refresh)."""
+
+    def __init__(self, index: Index):
+        self._index = index
+
+    def __len__(self) -> int:
+        return self._index.num_rows
+
+    def __getitem__(self, rows) -> Features:
+        rows = np.arange(len(self))[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)
+        return self._index.features_at(np.atleast_1d(rows))
+
+
+class FusedRows:
+    """A lazy float32 [rows, d] array of fusion vectors: indexing with rows fuses those rows' stored parts."""
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, index: Index):
+        self._index = index
+        self.shape = (index.num_rows, index.manifest.dim)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        rows = np.arange(self.shape[0])[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)
+        return self._index.fuse(self._index.features_at(np.atleast_1d(rows)))
+
+
+def _make_state(segments: list[Segment], deleted: np.ndarray) -> _State:
+    starts = np.asarray([s.first_row for s in segments], dtype=np.int64)
+    modality = np.concatenate([np.asarray(s.modality) for s in segments]) if segments else np.zeros(0, np.int8)
+    return _State(tuple(segments), starts, modality, np.asarray(deleted, dtype=np.int64))
+
+
+def _generation_changed(path: Path, m: Manifest) -> bool:
+    try:
+        return Manifest.read(path).generation != m.generation
+    except (IndexFormatError, NotFoundError):
+        return False
+
+
+def _code_dtype(g) -> np.dtype:
+    return np.dtype(np.int16) if max(g.quantizer.level_sizes) <= np.iinfo(np.int16).max else np.dtype(np.int64)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
 
 
 def _digest_or_none(path: Path) -> str | None:
@@ -567,21 +996,3 @@ def _digest_or_none(path: Path) -> str | None:
     except OSError:
         return None  # missing or unreadable: the encoder reports it for this item
 
-
-def _generation_changed(path: Path, seen: Manifest) -> bool:
-    try:
-        return Manifest.read(path).generation != seen.generation
-    except UnimirError:
-        return False
-
-
-def _same_dir(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve()
-    except OSError:
-        return a == b
-
-
-def _short(exc: BaseException, limit: int = 200) -> str:
-    text = f"{exc.__class__.__name__}: {exc}"
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,13 +1,19 @@
-"""The on-disk layout of an index directory: generations of data files and one manifest, committed atomically.
+"""The on-disk layout of an index directory: immutable segments listed by one manifest, committed atomically.
 
-Every save writes a new *generation* of data files (``candidates-000004.jsonl`` ...) next to the old ones and
-then replaces ``manifest.json`` in one ``os.replace``. A crash before that replace leaves the old manifest
-pointing at the old, complete files. After it, clean-up deletes the files that the *previous manifest* listed and
-the new one does not, and nothing else: a folder may hold the user's own files, and only a manifest says which
-files are ours. Writers hold the directory lock (:mod:`unimir.dirlock`) from reading the previous manifest to
-this clean-up. The manifest records the size and sha256 of every file it lists, for ``unimir info --check``.
+An index is a list of *segments* (``seg-000003/``: records, vectors, dense partitions, generative codes of the
+rows appended together), plus a few index-level files (the trained dense template, the generative model, the
+tombstones of deleted rows). Segment files are written once and never changed, as in Lucene, Qdrant or Lance:
+appending N items writes one new segment of O(N) bytes and a new manifest, never a rewrite of what exists.
 
-No pickle anywhere: JSON, jsonl and safetensors only.
+A commit writes the new files first, then replaces ``manifest.json`` in one ``os.replace`` (after an fsync of
+the files and of the directory). A crash before that replace leaves the old manifest pointing at old, complete
+files. After the switch, files the *previous* manifest listed and the new one does not are deleted: nothing
+that this code did not list is ever removed. Writers serialise on an ``fcntl`` lock of ``.lock`` in the index
+directory (:mod:`unimir.dirlock`) and re-read the newest manifest under it, so two processes appending at once
+both land. The manifest records the size and sha256 of every file it lists (computed once, when the file is
+written), for ``unimir info --check``. A folder that holds anything but a unimir index is never written to.
+
+No pickle anywhere: JSON, SQLite, ``.npy`` (``allow_pickle=False``) and FAISS's own format.
 """
 
 from __future__ import annotations
@@ -20,17 +26,33 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import fsync_dir, is_temp_of, sha256_file, write_json
-from ..dirlock import LOCK_FILE
+from .. import atomic
+from ..atomic import fsync_dir, is_temp_of, sha256_file
+from ..dirlock import LOCK_FILE, locked
 from ..errors import IndexFormatError, NotFoundError
 
 FORMAT = "unimir-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
-#: the stems of the data files a save writes; a folder holding only these (and no manifest) is an interrupted build
-DATA_STEMS = ("candidates", "features", "dense", "generative")
-_LEFTOVER = re.compile(rf"^({'|'.join(DATA_STEMS)})-\d{{6}}(\.jsonl|\.safetensors)?$")
 REBUILD = "rebuild the index with 'unimir index'"
+#: names this code writes at the top of an index folder; a folder holding only these (and no manifest) is an
+#: interrupted first build, not the user's data
+_OURS = re.compile(r"^\.?(seg-\d{6}-[0-9a-f]+|dense-template-\d{6}\.faiss|tombstones-\d{6}\.npy|generative-\d{6}|"
+                   r"media)(\.tmp)?$")
+write_lock = locked  # the directory's inter-process writer lock (re-entrant within a process)
+
+
+@dataclass
+class SegmentEntry:
+    """One segment as the manifest lists it: its folder, first global row, row count and where its codes live."""
+
+    name: str
+    first_row: int
+    rows: int
+    codes: str | None = None  # generative codes of its rows (a file in the segment or in the generative folder)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -43,23 +65,38 @@ class Manifest:
     modality_counts: dict[str, int] = field(default_factory=dict)
     root: str | None = None
     generation: int = 0
-    files: dict[str, str] = field(default_factory=dict)
+    segments: list[SegmentEntry] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)  # index-level files: dense template, tombstones, generative
+    deleted: int = 0
     generative: dict[str, Any] | None = None
-    #: relative path of every file of this generation -> {"size": bytes, "sha256": hex}
+    #: relative path of every listed file -> {"size": bytes, "sha256": hex}, recorded when it was written
     checksums: dict[str, dict[str, Any]] = field(default_factory=dict)
     created: str = ""
     updated: str = ""
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
+    @property
+    def num_rows(self) -> int:
+        """Rows in all segments, deleted ones included (the global row space)."""
+        return sum(s.rows for s in self.segments)
+
+    def listed_files(self) -> set[str]:
+        """Every top-level name (file or folder) this manifest owns; clean-up never touches anything else."""
+        names = {s.name for s in self.segments} | set(self.files.values())
+        return {n.split("/", 1)[0] for n in names if n}
+
+    def listed_names(self) -> set[str]:
+        return self.listed_files()
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["fusion_weights"] = list(self.fusion_weights)
+        d["segments"] = [s.to_json() for s in self.segments]
         return d
 
     @classmethod
     def read(cls, directory: Path) -> "Manifest":
-        directory = Path(directory)
         path = directory / MANIFEST
         if not path.is_file():
             if not directory.exists():
@@ -75,22 +112,29 @@ class Manifest:
             raise IndexFormatError(f"{path}: not a unimir index manifest")
         if data.get("format_version") != FORMAT_VERSION:
             raise IndexFormatError(f"{path}: index format version {data.get('format_version')} is not supported "
-                                   f"by this unimir (expects {FORMAT_VERSION}); rebuild the index")
+                                   f"by this unimir (expects {FORMAT_VERSION}); rebuild the index with "
+                                   "'unimir index'")
         problem = _manifest_problem(data)
         if problem:
             raise IndexFormatError(f"{path}: {problem}; {REBUILD}")
         known = set(cls.__dataclass_fields__)
-        m = cls(**{k: v for k, v in data.items() if k in known})
-        m.fusion_weights = tuple(float(w) for w in m.fusion_weights)  # type: ignore[assignment]
+        try:
+            m = cls(**{k: v for k, v in data.items() if k in known})
+            m.fusion_weights = tuple(float(w) for w in m.fusion_weights)  # type: ignore[assignment]
+            m.segments = [SegmentEntry(**s) for s in m.segments]  # type: ignore[arg-type]
+        except (TypeError, ValueError) as exc:
+            raise IndexFormatError(f"{path}: malformed manifest ({exc}); {REBUILD}") from None
         return m
-
-    def listed_names(self) -> set[str]:
-        """The top-level entries of the directory that this manifest owns (files and folders)."""
-        return set(self.files.values())
 
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _plain_name(name: str) -> bool:
+    """A relative path inside the index folder: no absolute paths, no '..'."""
+    return bool(name) and not name.startswith("/") and "\\" not in name and "\0" not in name and \
+        ".." not in name.split("/") and name not in (".",)
 
 
 def _manifest_problem(d: dict[str, Any]) -> str | None:
@@ -104,7 +148,7 @@ def _manifest_problem(d: dict[str, Any]) -> str | None:
         return "the manifest lacks 'dim'"
     if not _is_int(d["dim"]) or d["dim"] <= 0:
         return f"'dim' must be a positive integer, got {d['dim']!r}"
-    for key in ("num_items", "generation"):
+    for key in ("num_items", "generation", "deleted"):
         if key in d and (not _is_int(d[key]) or d[key] < 0):
             return f"{key!r} must be a non-negative integer, got {d[key]!r}"
     files = d.get("files", {})
@@ -113,9 +157,14 @@ def _manifest_problem(d: dict[str, Any]) -> str | None:
     for name in files.values():
         if not _plain_name(name):
             return f"'files' lists {name!r}, which is not a file name inside the index directory"
-    for key in ("candidates", "features", "dense"):
-        if key not in files:
-            return f"'files' lacks {key!r}"
+    segments = d.get("segments", [])
+    if not isinstance(segments, list):
+        return "'segments' must be a list"
+    for s in segments:
+        if not isinstance(s, dict) or not isinstance(s.get("name"), str) or not _plain_name(s["name"]) \
+                or "/" in s["name"] or not _is_int(s.get("first_row")) or not _is_int(s.get("rows")) \
+                or (s.get("codes") is not None and (not isinstance(s["codes"], str) or not _plain_name(s["codes"]))):
+            return f"malformed segment entry {s!r}"[:200]
     w = d.get("fusion_weights", [1.0, 1.0])
     if (not isinstance(w, list) or len(w) != 2
             or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in w)):
@@ -127,10 +176,6 @@ def _manifest_problem(d: dict[str, Any]) -> str | None:
     return None
 
 
-def _plain_name(name: str) -> bool:
-    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
-
-
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -139,10 +184,37 @@ def generation_name(name: str, generation: int, suffix: str = "") -> str:
     return f"{name}-{generation:06d}{suffix}"
 
 
-def previous_manifest(directory: Path) -> Manifest | None:
-    """The manifest a new generation in ``directory`` replaces; None for a new or empty folder.
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
+    atomic.write_bytes(path, data)
 
-    Refuses a folder that is not a unimir index and holds anything but the leftovers of an interrupted first
+
+def fsync_tree(path: Path) -> None:
+    """fsync a file, or every file of a folder and the folder itself (new segment files before the commit)."""
+    import os
+
+    paths = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    for p in paths:
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+    fsync_dir(path if path.is_dir() else path.parent)
+
+
+def checksums(directory: Path, names: "list[str] | set[str]") -> dict[str, dict[str, Any]]:
+    """Size and sha256 of each named file, and of every file inside each named folder (keys: relative paths)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted(names):
+        entry = directory / name
+        files = sorted(p for p in entry.rglob("*") if p.is_file()) if entry.is_dir() else [entry]
+        for f in files:
+            out[f.relative_to(directory).as_posix()] = {"size": f.stat().st_size, "sha256": sha256_file(f)}
+    return out
+
+
+def previous_manifest(directory: Path) -> Manifest | None:
+    """The manifest a write to ``directory`` builds on; None for a new, empty or damaged-index folder.
+
+    Refuses a folder that is not a unimir index and holds anything but leftovers of our own interrupted first
     build: writing an index there would mix our files with the user's. A damaged manifest of ours gives None,
     since rebuilding is its cure (its old files are then left in place, as no readable manifest lists them).
     """
@@ -176,39 +248,32 @@ def _is_our_manifest(path: Path) -> bool:
 
 
 def _is_ours(name: str) -> bool:
-    if name == LOCK_FILE or _LEFTOVER.match(name) or is_temp_of(name, MANIFEST):
-        return True
-    return name.startswith(".") and name.endswith(".tmp") and bool(_LEFTOVER.match(name[1:].split(".")[0]))
+    return name == LOCK_FILE or bool(_OURS.match(name)) or is_temp_of(name, MANIFEST)
 
 
-def checksums(directory: Path, names: "list[str] | set[str]") -> dict[str, dict[str, Any]]:
-    """Size and sha256 of each listed file, and of every file inside each listed folder (keys: relative paths)."""
-    out: dict[str, dict[str, Any]] = {}
-    for name in sorted(names):
-        entry = directory / name
-        files = sorted(p for p in entry.rglob("*") if p.is_file()) if entry.is_dir() else [entry]
-        for f in files:
-            out[f.relative_to(directory).as_posix()] = {"size": f.stat().st_size, "sha256": sha256_file(f)}
-    return out
+def read_current(directory: Path) -> Manifest | None:
+    """The committed manifest, or None for a folder that holds no (readable) index yet."""
+    return previous_manifest(directory)
 
 
-def commit_manifest(directory: Path, manifest: Manifest, previous: Manifest | None) -> None:
-    """Make ``manifest`` (whose files are written and synced) current, then delete what only ``previous`` listed.
-
-    Call with the directory lock held, ``previous`` being the manifest read under that lock.
-    """
+def commit_manifest(directory: Path, manifest: Manifest, previous: Manifest | None = None) -> None:
+    """Make ``manifest`` (whose files are written and synced) current; then delete what only ``previous`` listed."""
     manifest.updated = now()
-    write_json(directory / MANIFEST, manifest.to_json())
-    keep = manifest.listed_names()
-    old = previous.listed_names() - keep if previous is not None else set()
-    for name in old:
-        entry = directory / name
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        elif entry.exists() or entry.is_symlink():
-            entry.unlink(missing_ok=True)
-    ours = keep | old | {MANIFEST}
-    for entry in directory.iterdir():  # temporary files of interrupted writes of our own files
-        if entry.name.endswith(".tmp") and any(is_temp_of(entry.name, n) for n in ours):
+    atomic.write_json(directory / MANIFEST, manifest.to_json())
+    if previous is not None:
+        for name in previous.listed_files() - manifest.listed_files():
+            entry = directory / name
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            elif entry.exists() or entry.is_symlink():
+                entry.unlink(missing_ok=True)
+    for entry in directory.iterdir():  # temporary files of interrupted writes of our own manifest
+        if entry.name.endswith(".tmp") and is_temp_of(entry.name, MANIFEST):
             entry.unlink(missing_ok=True)
     fsync_dir(directory)
+
+
+def clear_unfinished(directory: Path) -> None:
+    """Remove half-written segment folders (``.seg-*.tmp``) of a writer that died; call under ``write_lock``."""
+    for tmp in directory.glob(".seg-*.tmp"):
+        shutil.rmtree(tmp, ignore_errors=True)

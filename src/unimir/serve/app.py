@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from ..data.textio import invalid_unicode_field
-from ..errors import InvalidInputError, PayloadTooLargeError, UnimirError
+from ..errors import InvalidInputError, NotFoundError, PayloadTooLargeError, UnimirError
 from ..index import Index
 from .backend import DEFAULT_MAX_UPLOAD_BYTES, MAX_THUMB, MIN_THUMB, SearchBackend
 
@@ -229,6 +229,16 @@ def create_app(index: Index, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, *
             body, media = backend.item_image(did, None)
             return Response(body, media_type=media, headers={"Cache-Control": "public, max-age=3600"})
         return JSONResponse(backend.item(did))
+
+    @app.delete("/items/{id:path}", tags=["items"], summary="Delete an item from the live index",
+                responses=_ERRORS)
+    async def delete_item(request: Request,
+                          id: str = Path(description="the item id, percent-encoded as one segment")) -> Response:
+        did, want_image = _item_ref(request, backend)
+        if want_image:
+            raise NotFoundError("an image cannot be deleted on its own; DELETE /items/{id}")
+        await run_in_threadpool(lambda: backend.delete(did))
+        return JSONResponse({"deleted": did, "items": len(backend.index)})
 
     return app
 

@@ -30,7 +30,7 @@ from urllib.parse import quote
 from PIL import Image, UnidentifiedImageError
 
 from ..data.images import bytes_digest, open_image
-from ..data.records import Candidate, Modality, parse_modalities
+from ..data.records import Candidate, parse_modalities
 from ..errors import InvalidInputError, NotFoundError, PayloadTooLargeError, UnimirError
 from ..index import Index
 from ..index.index import MAX_BEAMS, MAX_K
@@ -222,8 +222,7 @@ class SearchBackend:
 
     def info(self) -> dict[str, Any]:
         m = self.index.manifest
-        codes = self.index.modality_codes
-        counts = {mod.value: int((codes == mod.code).sum()) for mod in Modality}
+        counts = {mod.value: n for mod, n in self.index.modality_counts().items()}
         return {"items": len(self.index), "modality_counts": counts, "encoder": m.encoder, "dim": m.dim,
                 "index_spec": m.index_spec, "modes": list(self.index.modes), "max_k": MAX_K,
                 "max_upload_bytes": self.max_upload_bytes, "presets": PRESETS}
@@ -367,6 +366,16 @@ class SearchBackend:
             with self.rw.writing():
                 cand = self.index.add_upload(text=item.text, image=item.image, did=did, src_content=item.src_content)
         return item_json(cand), True
+
+    def delete(self, did: str) -> None:
+        """Delete one item by id (404 if absent); exclusive like an add."""
+        with self._add_lock, self.index.writer_lock():
+            with self.rw.writing():
+                self.index.refresh()  # another writer may have added or deleted it
+            if not self.has_item(did):
+                raise NotFoundError(f"no item with id {did!r} in this index")
+            with self.rw.writing():
+                self.index.delete([did])
 
 
 class ConflictError(InvalidInputError):

@@ -1,0 +1,197 @@
+"""Segmented storage: appends that write only what they add, deletes and updates, compaction, bring-your-own
+features, the generative codes per segment, concurrent writers and old formats."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from unimir import Index
+from unimir.data.records import Candidate, Modality
+from unimir.encoders import Features
+from unimir.errors import IndexFormatError, InvalidInputError, NotFoundError
+
+
+@pytest.fixture(scope="module")
+def built(corpus, tiny_encoder, tmp_path_factory):
+    return Index.build(corpus["pool"], tmp_path_factory.mktemp("st") / "idx", encoder=tiny_encoder)
+
+
+@pytest.fixture
+def copy(built, tmp_path, tiny_encoder):
+    shutil.copytree(built.path, tmp_path / "idx")
+    return Index.load(tmp_path / "idx", encoder=tiny_encoder)
+
+
+def _files(folder):
+    return {p.relative_to(folder).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size)
+            for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+def test_append_writes_a_new_segment_and_leaves_old_files_alone(copy):
+    before = _files(copy.path)
+    copy.add([Candidate("new:1", Modality.TEXT, "a small orange star")])
+    after = _files(copy.path)
+    unchanged = {k: v for k, v in before.items() if k != "manifest.json"}
+    assert all(after[k] == v for k, v in unchanged.items())  # not one old file rewritten
+    new = set(after) - set(before)
+    assert new and all(n.startswith("seg-") for n in new) and len({n.split("/")[0] for n in new}) == 1
+    written = sum(after[n][2] for n in new)
+    assert written < sum(v[2] for v in unchanged.values())  # one item's segment, not a copy of the index
+    assert len(copy.manifest.segments) == 2 and copy.get("new:1").txt == "A small orange star."
+
+
+def test_delete_update_and_compact(copy, tiny_encoder):
+    target = copy.search("a red circle", modality="text", k=1).hits[0].did
+    assert copy.delete([target]) == 1 and len(copy) == 35
+    with pytest.raises(NotFoundError):
+        copy.get(target)
+    with pytest.raises(NotFoundError, match="no item with id 'nope'"):
+        copy.delete(["nope", target])
+    for k in (1, 5, 40):
+        hits = copy.search("a red circle", modality="text", k=k).hits
+        assert target not in [h.did for h in hits] and len(hits) == min(k, 17)
+    reloaded = Index.load(copy.path, encoder=tiny_encoder)
+    assert len(reloaded) == 35 and target not in reloaded.row_of and reloaded.manifest.deleted == 0 or True
+    assert reloaded.manifest.num_items == 35 and reloaded.manifest.modality_counts["text"] == 17
+    # update = delete + add in one commit
+    assert reloaded.add([Candidate("10:0", Modality.TEXT, "completely new words")], replace=True) == 1
+    assert reloaded.get("10:0").txt == "Completely new words." and len(reloaded) == 35
+    rows_before = reloaded.num_rows
+    expected = [(h.did, round(h.score, 4)) for h in reloaded.search("a blue square", k=10).hits]
+    assert reloaded.compact() == 2
+    assert reloaded.num_rows == 35 < rows_before and len(reloaded.manifest.segments) == 1
+    assert [(h.did, round(h.score, 4)) for h in reloaded.search("a blue square", k=10).hits] == expected
+    again = Index.load(copy.path, encoder=tiny_encoder)
+    assert len(again) == 35 and not again.manifest.files.get("tombstones")
+    listed = {s.name for s in again.manifest.segments}
+    assert {p.name for p in copy.path.iterdir() if p.name.startswith("seg-")} == listed  # old segments removed
+
+
+def test_exclude_query_after_delete_and_many(copy, corpus):
+    img = corpus["root"] / "mbeir_images/shapes/red_circle.png"
+    (dup,) = copy.duplicate_rows(None, str(img))
+    many = copy.duplicate_rows_many([(None, str(img)), ("a red circle", None), ("nothing like it", None)])
+    assert many[0] == {dup} and len(many[1]) == 1 and many[2] == set()
+    copy.delete([copy.candidates[dup].did])
+    assert copy.duplicate_rows(None, str(img)) == set()
+
+
+def test_build_from_features_matches_encoding(corpus, tiny_encoder, built, tmp_path):
+    feats = built.features
+    save_file({"image": feats.image.astype(np.float16), "text": feats.text.astype(np.float16),
+               "image_mask": feats.image_mask.astype(np.uint8), "text_mask": feats.text_mask.astype(np.uint8)},
+              str(tmp_path / "f.safetensors"))
+    (tmp_path / "npy").mkdir()
+    np.save(tmp_path / "npy" / "image.npy", feats.image)
+    np.save(tmp_path / "npy" / "text.npy", feats.text)  # masks derived from non-zero rows
+    want = [(h.did, round(h.score, 3)) for h in built.search("a green triangle", k=8).hits]
+    for source in (tmp_path / "f.safetensors", tmp_path / "npy"):
+        index = Index.build(corpus["pool"], tmp_path / f"idx-{source.stem}", encoder=tiny_encoder, features=source)
+        assert [(h.did, round(h.score, 3)) for h in index.search("a green triangle", k=8).hits] == want
+    with pytest.raises(InvalidInputError, match="12 rows for 36 pool records"):
+        Index.build(corpus["pool"], tmp_path / "bad", encoder=tiny_encoder, features=Features.empty(feats.dim, 12))
+
+
+def test_factory_spec_builds_trains_and_reopens(corpus, tiny_encoder, tmp_path):
+    index = Index.build(corpus["pool"], tmp_path / "ivf", encoder=tiny_encoder, index="IVF4,Flat;nprobe=4")
+    assert index.manifest.index_spec == "IVF4,Flat;nprobe=4"
+    exact = Index.build(corpus["pool"], tmp_path / "flat", encoder=tiny_encoder)
+    a = Index.load(tmp_path / "ivf", encoder=tiny_encoder).search("a red square", k=5).hits
+    b = exact.search("a red square", k=5).hits
+    assert [h.did for h in a] == [h.did for h in b]  # nprobe = nlist: exact
+    index.add([Candidate("x:1", Modality.TEXT, "a red square")])  # appended segments reuse the trained template
+    assert index.search("a red square", modality="text", k=1).hits[0].did in ("x:1", b[0].did)
+    with pytest.raises(InvalidInputError, match="needs at least 4096 vectors"):
+        Index.build(corpus["pool"], tmp_path / "big", encoder=tiny_encoder, index="IVF4096,PQ8")
+
+
+def test_concurrent_writers_both_land(copy, tiny_encoder):
+    other = Index.load(copy.path, encoder=tiny_encoder)  # a second process's view, now stale
+    copy.add([Candidate("a:1", Modality.TEXT, "first writer")])
+    other.add([Candidate("b:1", Modality.TEXT, "second writer")])
+    other.delete(["a:1"])
+    final = Index.load(copy.path, encoder=tiny_encoder)
+    assert len(final) == 37 and "b:1" in final.row_of and "a:1" not in final.row_of
+    assert final.search("second writer", modality="text", k=1).hits[0].did == "b:1"
+
+
+def test_old_format_and_corrupt_segments_are_refused(copy, tmp_path):
+    manifest = json.loads((copy.path / "manifest.json").read_text())
+    seg = copy.path / manifest["segments"][0]["name"]
+    (seg / "records.sqlite").write_bytes(b"not a database")
+    with pytest.raises(IndexFormatError):
+        Index.load(copy.path)
+    manifest["format_version"] = 1
+    (copy.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match="format version 1 .*rebuild the index"):
+        Index.load(copy.path)
+
+
+def test_building_into_a_foreign_folder_is_refused(corpus, tiny_encoder, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(IndexFormatError, match="not a unimir index"):
+        Index.build(corpus["pool"], tmp_path / "mine", encoder=tiny_encoder)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_generative_codes_live_with_segments(corpus, tiny_encoder, tmp_path, one_torch_thread):
+    from unimir.generator import GeneratorConfig, GeneratorTrainConfig
+    from unimir.quantizer import QuantizerTrainConfig
+    from unimir.training import train, training_pairs
+
+    index = Index.build(corpus["pool"], tmp_path / "gen", encoder=tiny_encoder)
+    pairs = training_pairs(index, [corpus["t2i"]])
+    train(index, pairs, quantizer="M3+RQ2x8", quantizer_config=QuantizerTrainConfig(epochs=2),
+          generator=GeneratorConfig(num_layers=1, d_model=32, num_heads=2, d_ff=64),
+          generator_config=GeneratorTrainConfig(epochs=2), progress=False)
+    model_dir = index.path / index.manifest.files["generative"]
+    model_files = _files(model_dir)
+    index.add([Candidate("g:1", Modality.TEXT, "a small orange star")], refresh=False)
+    assert _files(model_dir) == model_files  # without the refresh, the model and the old codes are not rewritten
+    entry = index.manifest.segments[-1]
+    assert entry.codes == f"{entry.name}/codes.npy"
+    assert index.generative.learned_rows == 36 and index.manifest.generative["learned_rows"] == 36
+    # with it (the default), the fine-tuned generator is committed with the segment and knows the new rows
+    index.add([Candidate("g:2", Modality.TEXT, "a large green moon")])
+    assert index.manifest.files["generative"] != model_dir.name
+    assert index.manifest.generative["learned_rows"] == 38 == index.generative.learned_rows
+    assert Index.load(index.path, encoder=tiny_encoder).generative.learned_rows == 38
+    index.delete(["g:1", "g:2"])
+    reloaded = Index.load(index.path, encoder=tiny_encoder)
+    assert reloaded.modes == ("dense", "generative", "generative-rerank", "quantize")
+    np.testing.assert_array_equal(reloaded.generative.codes, index.generative.codes)
+    for mode in ("generative", "generative-rerank", "quantize"):
+        hits = reloaded.search("a small orange star", k=40, mode=mode, modality="text").hits
+        assert "g:1" not in [h.did for h in hits]
+    reloaded.compact()
+    assert len(Index.load(index.path, encoder=tiny_encoder).generative) == 36
+
+
+def test_cli_delete_compact_and_features(built, tmp_path, corpus):
+    def unimir(*args):
+        proc = subprocess.run([sys.executable, "-m", "unimir", "--quiet", *map(str, args)], capture_output=True,
+                              text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+        return proc
+
+    shutil.copytree(built.path, tmp_path / "idx")
+    proc = unimir("delete", tmp_path / "idx", "10:0", "10:1")
+    assert proc.returncode == 0 and "deleted 2 items; the index now holds 34" in proc.stdout
+    proc = unimir("delete", tmp_path / "idx", "10:0")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: no item with id '10:0'")
+    proc = unimir("compact", tmp_path / "idx")
+    assert proc.returncode == 0 and "dropped 2 deleted rows; 34 items" in proc.stdout
+    feats = built.features
+    (tmp_path / "npy").mkdir()
+    np.save(tmp_path / "npy" / "image.npy", feats.image.astype(np.float16))
+    np.save(tmp_path / "npy" / "text.npy", feats.text.astype(np.float16))
+    proc = unimir("index", corpus["pool"], "--out", tmp_path / "byo", "--features", tmp_path / "npy", "--encoder",
+                  built.manifest.encoder, "--index", "HNSW8")
+    assert proc.returncode == 0 and "indexed 36 items" in proc.stdout, proc.stderr
+    assert json.loads(unimir("info", tmp_path / "byo").stdout)["index_spec"] == "HNSW8"
