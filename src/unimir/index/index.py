@@ -210,7 +210,7 @@ class Index:
 
         return write_lock(self.path) if self.path is not None else contextlib.nullcontext()
 
-    def refresh(self) -> bool:
+    def catch_up(self) -> bool:
         """Catch up with the directory: if another writer committed a newer version, adopt it (segments not yet
         committed by this object are kept). Returns whether anything was re-read."""
         if self.path is None:

@@ -358,7 +358,7 @@ class SearchBackend:
         # up with what the other writers committed, so the check sees their items and the save keeps them.
         with self._add_lock, self.index.writer_lock():
             with self.rw.writing():
-                self.index.refresh()
+                self.index.catch_up()
             if self.has_item(did):
                 if item.id is not None:
                     raise ConflictError(f"an item with id {did!r} already exists")
@@ -371,7 +371,7 @@ class SearchBackend:
         """Delete one item by id (404 if absent); exclusive like an add."""
         with self._add_lock, self.index.writer_lock():
             with self.rw.writing():
-                self.index.refresh()  # another writer may have added or deleted it
+                self.index.catch_up()  # another writer may have added or deleted it
             if not self.has_item(did):
                 raise NotFoundError(f"no item with id {did!r} in this index")
             with self.rw.writing():
