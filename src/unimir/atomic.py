@@ -107,12 +107,17 @@ def is_temp_of(name: str, target: str) -> bool:
     return name.startswith(f".{target}.") and name.endswith(TEMP_SUFFIX)
 
 
-def sha256_file(path: "str | os.PathLike") -> str:
-    h = hashlib.sha256()
+def digest_file(path: "str | os.PathLike", algorithm: str = "sha256", into=None) -> str:
+    """Hex digest of a file's bytes, read in 1 MiB chunks; ``into`` continues an existing hashlib object."""
+    h = into if into is not None else hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sha256_file(path: "str | os.PathLike") -> str:
+    return digest_file(path, "sha256")
 
 
 def fsync_dir(directory: "str | os.PathLike") -> None:

@@ -71,11 +71,10 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def file_digest(path: "str | os.PathLike") -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """The sha1 that names an image's content (embedding cache, duplicate detection)."""
+    from ..atomic import digest_file
+
+    return digest_file(path, "sha1")
 
 
 def bytes_digest(data: bytes) -> str:

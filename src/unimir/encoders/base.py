@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from ..atomic import digest_file
+
 if TYPE_CHECKING:  # heavy or circular imports, needed only for annotations
     from PIL import Image
 
@@ -150,12 +152,20 @@ class Encoder(ABC):
     def embed_images(self, images: "list[Image.Image]", role: str = "candidate") -> np.ndarray:
         """float32 [n, dim], unit rows; images are RGB."""
 
-    #: longest text in tokens; longer texts are truncated (None: no limit, or unknown)
-    max_text_tokens: int | None = None
+    #: longest text in tokens, longer texts are truncated (None: no limit, or unknown); with the text side's
+    #: Hugging Face ``tokenizer`` it lets every encoder report truncated texts the same way
+    max_length: int | None = None
+    tokenizer = None
+
+    @property
+    def max_text_tokens(self) -> int | None:
+        return self.max_length
 
     def count_over_length(self, texts: Sequence[str]) -> int:
         """How many of ``texts`` the encoder truncates; 0 for encoders that do not know."""
-        return 0
+        if self.tokenizer is None or self.max_length is None:
+            return 0
+        return count_tokens_over(self.tokenizer, texts, self.max_length)
 
     def fuse(self, features: Features, weights: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
         """This encoder's score fusion of ``features``: float32 [n, d], unit rows."""
@@ -309,7 +319,5 @@ def fingerprint_of(files: "Sequence[str | os.PathLike]", settings: dict) -> str:
             part.startswith(".") for part in p.relative_to(root).parts)) if root.is_dir() else [root]
         for p in paths:
             h.update(f"\0{p.relative_to(root).as_posix() if root.is_dir() else p.name}\0".encode())
-            with open(p, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
+            digest_file(p, into=h)
     return h.hexdigest()

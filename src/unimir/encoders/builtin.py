@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import UnimirError
-from .base import Encoder, count_tokens_over, fingerprint_of, l2_normalize
+from .base import Encoder, fingerprint_of, l2_normalize
 from .cache import EmbeddingCache
 from .preprocess import center_crop_tensor
 
@@ -67,13 +67,6 @@ class ConseEncoder(Encoder):
             self._fingerprint = fingerprint_of(files, {"spec": self.spec, "top_k": self.top_k, "bf16": self.bf16,
                                                        "max_length": self.max_length, "template": _TEMPLATE})
         return self._fingerprint
-
-    @property
-    def max_text_tokens(self) -> int:
-        return self.max_length
-
-    def count_over_length(self, texts) -> int:
-        return count_tokens_over(self.tokenizer, texts, self.max_length)
 
     @torch.inference_mode()
     def embed_texts(self, texts: list[str], role: str = "candidate") -> np.ndarray:

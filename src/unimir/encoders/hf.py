@@ -15,7 +15,7 @@ import torch
 
 from ..devices import autocast, autocast_dtype
 from ..errors import NotFoundError, UnimirError
-from .base import Encoder, count_tokens_over, fingerprint_of, l2_normalize
+from .base import Encoder, fingerprint_of, l2_normalize
 from .preprocess import center_crop_tensor
 
 _CLIP_MEAN, _CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -79,13 +79,6 @@ class HFDualEncoder(Encoder):
     @property
     def fingerprint(self) -> str:
         return self._fingerprint
-
-    @property
-    def max_text_tokens(self) -> int:
-        return self.max_length
-
-    def count_over_length(self, texts) -> int:
-        return count_tokens_over(self.tokenizer, texts, self.max_length)
 
     @torch.inference_mode()
     def embed_texts(self, texts: list[str], role: str = "candidate") -> np.ndarray:
