@@ -21,6 +21,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from .. import atomic
 from ..data.images import bytes_digest, file_digest, open_image
 from ..data.ingest import load_pool
 from ..data.mbeir import format_text, query_text
@@ -35,7 +36,6 @@ from .segments import CODES_FILE, Segment
 from .store import (
     Manifest,
     SegmentEntry,
-    atomic_write_bytes,
     checksums,
     clear_unfinished,
     commit_manifest,
@@ -353,7 +353,7 @@ class Index:
             if deleted is not None:
                 if len(deleted):
                     m.files["tombstones"] = generation_name("tombstones", m.generation, ".npy")
-                    atomic_write_bytes(path / m.files["tombstones"], _npy_bytes(deleted))
+                    atomic.write_npy(path / m.files["tombstones"], np.ascontiguousarray(deleted))
                 else:
                     m.files.pop("tombstones", None)
             written: set[str] = {e.name for e in m.segments[len(m.segments) - len(fresh):]} if fresh else set()
@@ -749,7 +749,7 @@ class Index:
             media.mkdir(exist_ok=True)
             target = media / f"{digest}{suffix}"
             if not target.exists():
-                atomic_write_bytes(target, image)
+                atomic.write_bytes(target, image)
             img_path = f"{INDEX_MEDIA}media/{target.name}"
         did = did or f"u:{bytes_digest((text or '').encode() + (image or b''))[:12]}"
         cand = Candidate(did, Modality.of(bool(text and text.strip()), bool(image)), text, img_path, src_content)
@@ -980,14 +980,6 @@ def _generation_changed(path: Path, m: Manifest) -> bool:
 
 def _code_dtype(g) -> np.dtype:
     return np.dtype(np.int16) if max(g.quantizer.level_sizes) <= np.iinfo(np.int16).max else np.dtype(np.int64)
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
 
 
 def _digest_or_none(path: Path) -> str | None:

@@ -184,11 +184,6 @@ def generation_name(name: str, generation: int, suffix: str = "") -> str:
     return f"{name}-{generation:06d}{suffix}"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
-    atomic.write_bytes(path, data)
-
-
 def fsync_tree(path: Path) -> None:
     """fsync a file, or every file of a folder and the folder itself (new segment files before the commit)."""
     import os
