@@ -3,7 +3,7 @@ import pytest
 from conftest import draw
 
 from unimir.data.problems import Problems
-from unimir.encoders import EmbeddingCache, Features, Item, l2_normalize, load_encoder
+from unimir.encoders import EmbeddingCache, Encoder, Features, Item, l2_normalize, load_encoder
 from unimir.errors import DataError, InvalidInputError, NotFoundError, UnimirError
 
 
@@ -119,3 +119,34 @@ def test_unknown_encoders_fail_clearly(tmp_path):
         load_encoder("word2vec")
     with pytest.raises(NotFoundError, match="cannot load model config"):
         load_encoder(f"hf:{tmp_path / 'nothing-here'}", reuse=False)
+
+
+def test_a_new_encoder_family_is_one_registered_class(monkeypatch):
+    """The registry seam: a class with a family name, built for the asked device, with no edit of load_encoder."""
+    from unimir import encoders
+
+    class Constant(Encoder):
+        family, takes_argument, argument_help = "constant", True, "<dim>"
+        fusion = "raw-sum"
+
+        def __init__(self, argument, device="cpu", threads=None):
+            self.dim, self.device, self.spec = int(argument), device, f"constant:{argument}"
+
+        @property
+        def fingerprint(self):
+            return self.spec
+
+        def embed_texts(self, texts, role="candidate"):
+            return l2_normalize(np.ones((len(texts), self.dim), np.float32))
+
+        def embed_images(self, images, role="candidate"):
+            return l2_normalize(np.ones((len(images), self.dim), np.float32))
+
+    monkeypatch.setitem(encoders.ENCODERS, "constant", Constant)
+    enc = load_encoder("constant:5", device="cpu", reuse=False)
+    assert isinstance(enc, Constant) and enc.dim == 5 and enc.device == "cpu"
+    assert encoders.fusion_of("constant:5") == "raw-sum"  # read from the class, no model loaded
+    feats, ok = enc.encode([Item(text="a")])
+    assert ok.all() and feats.text.shape == (1, 5)
+    with pytest.raises(InvalidInputError, match="'constant:<dim>'"):
+        load_encoder("constant")  # the family needs its argument

@@ -128,6 +128,11 @@ class Encoder(ABC):
 
     #: spec string that reloads this encoder through :func:`unimir.encoders.load_encoder`
     spec: str
+    #: registry name (``unimir.encoders.ENCODERS``): the spec up to its colon; ``takes_argument``: whether the spec
+    #: goes on with a model (``hf:<hub id or dir>``, described by ``argument_help``) or is the bare family name
+    family: str
+    takes_argument: bool = False
+    argument_help: str = ""
     dim: int
     #: how parts become one dense vector (:func:`fuse`); an encoder whose parts are raw projections says raw-sum
     fusion: str = "unit-sum"
@@ -136,6 +141,14 @@ class Encoder(ABC):
     #: files (besides pip-installed models) whose bytes define the vectors, e.g. the builtin encoder's bridge;
     #: an encoder's ``fingerprint`` digests them
     weight_files: "Sequence[str | os.PathLike]" = ()
+
+    @classmethod
+    def from_spec(cls, argument: str | None, *, device: str = "cpu", threads: int | None = None) -> "Encoder":
+        """Build the encoder of spec ``family[:argument]`` on ``device``; a family that needs other arguments
+        overrides this."""
+        if cls.takes_argument:
+            return cls(argument, device=device, threads=threads)
+        return cls(device=device, threads=threads)
 
     @property
     @abstractmethod

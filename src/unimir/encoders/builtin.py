@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import UnimirError
+from . import register
 from .base import Encoder, fingerprint_of, l2_normalize
 from .cache import EmbeddingCache
 from .preprocess import center_crop_tensor
@@ -30,6 +31,7 @@ class MissingModelError(UnimirError):
     http_status = 500
 
 
+@register
 class ConseEncoder(Encoder):
     """ConSE encoder (384-d). ``top_k`` is T, the number of classes mixed into an image vector.
 
@@ -38,13 +40,14 @@ class ConseEncoder(Encoder):
     The ConSE bridge and the outputs stay float32.
     """
 
-    spec = "builtin-conse"
+    spec = family = "builtin-conse"
     dim = 384
     text_batch_size = 64
     image_batch_size = 4  # Lite0 on CPU is fastest at batch 4-8 with channels_last
 
     def __init__(self, top_k: int = 10, threads: int | None = None, max_length: int = 256,
-                 precision: str = "auto"):
+                 precision: str = "auto", device: str = "cpu"):
+        # ``device`` is accepted for the registry's sake: these small models always run on the CPU
         if threads:
             torch.set_num_threads(threads)
         if precision not in ("auto", "fp32", "bf16"):
@@ -113,6 +116,7 @@ class ConseEncoder(Encoder):
         return self._class_matrix
 
 
+@register
 class BuiltinEncoder(ConseEncoder):
     """The default encoder (384-d): ConSE plus the trained Lite0 -> MiniLM bridge (bridge.py). Texts as ConSE.
 
@@ -120,13 +124,13 @@ class BuiltinEncoder(ConseEncoder):
     anything keyed on the encoder's weights (the embedding cache) changes when the bridge does.
     """
 
-    spec = "builtin"
+    spec = family = "builtin"
 
     def __init__(self, top_k: int = 10, threads: int | None = None, max_length: int = 256,
-                 precision: str = "auto", bridge_path: "str | None" = None):
+                 precision: str = "auto", bridge_path: "str | None" = None, device: str = "cpu"):
         from . import bridge
 
-        super().__init__(top_k=top_k, threads=threads, max_length=max_length, precision=precision)
+        super().__init__(top_k=top_k, threads=threads, max_length=max_length, precision=precision, device=device)
         self.bridge_path = bridge_path or bridge.WEIGHTS_PATH
         self.weight_files = (self.bridge_path,)  # the fingerprint digests it
         try:

@@ -17,6 +17,7 @@ import torch
 
 from ..devices import autocast, autocast_dtype, resolve_device
 from ..errors import NotFoundError, UnimirError
+from . import register
 from .base import Encoder, fingerprint_of
 from .preprocess import clip_preprocess
 
@@ -25,8 +26,11 @@ FORMAT = "unimir-clip-sf"
 FORMAT_VERSION = 1
 
 
+@register
 class ClipSFEncoder(Encoder):
     """A converted UniIR CLIP-SF checkpoint. ``precision``: auto (see module doc), fp32, bf16 or fp16."""
+
+    family, takes_argument, argument_help = "clip-sf", True, "<dir from unimir convert clip-sf>"
 
     fusion = "raw-sum"
     text_batch_size = 64

@@ -15,6 +15,7 @@ import torch
 
 from ..devices import autocast, autocast_dtype
 from ..errors import NotFoundError, UnimirError
+from . import register
 from .base import Encoder, fingerprint_of, l2_normalize
 from .preprocess import center_crop_tensor
 
@@ -22,8 +23,11 @@ _CLIP_MEAN, _CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.2613
 _SUPPORTED = ("clip", "siglip")
 
 
+@register
 class HFDualEncoder(Encoder):
     """A CLIP or SigLIP checkpoint. ``name`` is a hub id (``openai/clip-vit-base-patch32``) or a local directory."""
+
+    family, takes_argument, argument_help = "hf", True, "<hub id or local dir>"
 
     text_batch_size = 64
     image_batch_size = 16
