@@ -223,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", type=_device, default="cpu", help="cpu or cuda (mixed precision on cuda)")
     s.add_argument("--seed", type=_int_in(0), default=0,
                    help="seed of initialisation, shuffling and instruction choice")
-    s.add_argument("--checkpoint-dir", type=_path, help="keep resumable checkpoints here")
+    s.add_argument("--checkpoint-dir", type=_path, help="keep resumable checkpoints (and the encoded training "
+                   "queries) here")
     s.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
     s.add_argument("--strict", action="store_true", help="fail on the first bad query instead of dropping it")
     # generalisation (docs/bench/generative-ablation.md)
@@ -463,7 +464,8 @@ def cmd_train(args, progress: bool) -> int:
         if not args.queries:
             raise InvalidInputError(f"--stage {args.stage} needs --queries (M-BEIR training queries)")
         pairs = training_pairs(index, args.queries, qrels=args.qrels, root=args.root,
-                               instructions=args.instructions, seed=args.seed, progress=progress, problems=problems)
+                               instructions=args.instructions, seed=args.seed, progress=progress, problems=problems,
+                               work_dir=args.checkpoint_dir)  # the encoded queries are kept there for --resume
         _report(problems)
         print(f"{len(pairs)} training pairs from {', '.join(Path(q).name for q in args.queries)}")
     pick = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731

@@ -37,9 +37,7 @@ def split_validation(pairs: TrainingPairs, share: float, seed: int = 0) -> tuple
 
 
 def subset(pairs: TrainingPairs, mask: np.ndarray) -> TrainingPairs:
-    rows = np.flatnonzero(mask)
-    return TrainingPairs(pairs.queries[rows], pairs.candidates, pairs.candidate_modalities, pairs.positives[rows],
-                         pairs.query_targets[rows])
+    return pairs.subset(mask)
 
 
 def sample(pairs: TrainingPairs | None, limit: int = MAX_VAL_QUERIES, seed: int = 0) -> TrainingPairs | None:
@@ -56,7 +54,7 @@ def recall(index: "Index", pairs: TrainingPairs, mode: str, k: int = K_RECALL, b
     from .data.records import Modality
 
     allowed = [(Modality.from_code(int(c)),) for c in pairs.query_targets]
-    rankings = index.search_features(pairs.queries, allowed, k, mode=mode, beams=beams)
+    rankings = index.search_features(pairs.query_features(), allowed, k, mode=mode, beams=beams)
     hits = [expected_hit_at_k(r, r.indices == p, k) for r, p in zip(rankings, pairs.positives)]
     return float(np.mean(hits)) if hits else 0.0
 
@@ -105,7 +103,7 @@ def exact_id_accuracy(index: "Index", pairs: TrainingPairs | None) -> float | No
     if pairs is None:
         return None
     g = index.generative
-    z = torch.as_tensor(g.quantizer.embed(pairs.queries))
+    z = torch.as_tensor(g.quantizer.embed(pairs.query_features()))
     codes = torch.as_tensor(np.asarray(g.codes)[pairs.positives])
     g.generator.eval()
     return round(float(g.generator.loss(z.to(g.generator.device), codes.to(g.generator.device)).exact_acc), 4)

@@ -2,11 +2,25 @@
 
 Stage ``quantizer`` trains the combiner and codebooks and codes every candidate; stage ``generator`` trains the
 ID generator against those codes; ``all`` does both. Everything is stored in the index directory (atomically).
+
+Training streams, so that 1.1M M-BEIR training queries fit one machine (docs/bench/train-scale.md measures it):
+a pair is a (query row, candidate row) pair of ints; candidate rows are read from the index's memory-mapped fp16
+segments, query rows from a folder of fp16 parts that :func:`training_pairs` encodes once and memory-maps, and each
+stage gathers one batch at a time through a DataLoader over row indices (``quantizer.pairs``). Every instruction
+paraphrase of a query is encoded once and is its own pair, rather than one paraphrase being drawn (and encoded)
+per epoch: encoding is the expensive step (an encoder in the training loop would encode every epoch again, 10-30
+epochs), over the epochs a per-epoch draw would encode most paraphrases anyway, and enumerating them gives each
+paraphrase the same weight in every epoch with no extra sampling noise. The price is disk, not RAM: 4·d bytes per
+(query, paraphrase) row, read through the page cache.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,16 +28,21 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import health
+from .atomic import TEMP_SUFFIX
 from .data.mbeir import InstructionTable, QrelsTable, read_qrels, read_queries
 from .data.problems import Problems
 from .encoders import EmbeddingCache
 from .errors import InvalidInputError
 from .generator import GenerativeRetriever, GeneratorConfig, GeneratorTrainConfig
 from .index import Index
+from .index.features import read_features
 from .quantizer import QuantizerConfig, QuantizerTrainConfig, SemanticQuantizer, TrainingPairs
+from .progress import progress_bar
 from .queries import load_instructions, mbeir_root, prepare_queries
 
 STAGES = ("quantizer", "generator", "index", "all")
+QUERY_CHUNK = 4096  # queries prepared and encoded at a time (their items, <= 4096 x paraphrases, are held)
+QUERY_FEATURES = "query-features"  # folder name (prefix) of the encoded training queries' parts
 
 
 @dataclass
@@ -38,47 +57,137 @@ class TrainReport:
 
 def training_pairs(index: Index, query_files: Sequence["str | Path"], *, qrels: Sequence["str | Path"] = (),
                    root: "str | Path | None" = None, instructions: "str | Path | InstructionTable | None" = None,
-                   seed: int = 0, progress: bool = False, problems: Problems | None = None) -> TrainingPairs:
+                   seed: int = 0, progress: bool = False, problems: Problems | None = None,
+                   work_dir: "str | Path | None" = None) -> TrainingPairs:
     """Encode training queries (one row per instruction paraphrase) and pair each with every positive in the pool.
 
     Using every paraphrase and every positive as its own pair is the epoch-free form of redrawing them per epoch
     (genius-method.md §8.10). Positives absent from the pool are skipped.
+
+    The pairs are row indices: query rows into a folder of memory-mapped fp16 query parts (:data:`QUERY_FEATURES`
+    under ``work_dir``, a temporary folder by default, removed with the pairs), candidate rows into the index's
+    stored vectors (``Index.feature_rows``). Queries are prepared and encoded :data:`QUERY_CHUNK` at a time; a
+    first pass over them only counts rows, so the parts files are allocated once at their final size. The folder
+    is written under a temporary name and renamed when complete; its name carries a digest of the encoder and of
+    every query text and image, so a rerun with the same ``work_dir`` (``unimir train --checkpoint-dir``) reuses
+    it instead of encoding again.
     """
     problems = problems if problems is not None else Problems()
     relevant = QrelsTable() if qrels else None
     for path in qrels:
         relevant.merge(read_qrels(path, problems))
-    feats, query_rows, positive_rows, targets = [], [], [], []
+    sources = []
+    for qfile in map(Path, query_files):
+        data_root = Path(root) if root else mbeir_root(qfile) or index.root or qfile.parent
+        table = load_instructions(instructions, data_root, seed)
+        sources.append((qfile, read_queries(qfile, problems), data_root, table))
+
+    def prepared_chunks(sink: Problems):
+        for qfile, queries, data_root, table in sources:
+            for start in range(0, len(queries), QUERY_CHUNK):
+                yield prepare_queries(queries[start:start + QUERY_CHUNK], index, data_root=data_root,
+                                      instructions=table, relevant=relevant, all_instructions=True, problems=sink,
+                                      source=str(qfile))
+
+    # pass 1: how many query rows, and a digest of what they are (names the cache folder)
+    digest = hashlib.sha256(f"{index.encoder.fingerprint}\0{index.manifest.dim}".encode())
+    rows = 0
+    for prepared in prepared_chunks(Problems()):  # its problems are reported by pass 2
+        rows += len(prepared.items)
+        for item in prepared.items:
+            digest.update(f"{item.text}\0{item.image}\1".encode())
+    if rows == 0:
+        raise InvalidInputError("no training pair: no query has a positive (see the problems above)")
+    keepalive = None
+    if work_dir is None:
+        keepalive = tempfile.TemporaryDirectory(prefix="unimir-train-")
+        work_dir = keepalive.name
+    folder = Path(work_dir) / f"{QUERY_FEATURES}-{digest.hexdigest()[:16]}"
+    cached = folder.is_dir()
+    writer = None if cached else _QueryPartsWriter(folder, rows, index.manifest.dim)
+
+    # pass 2: encode into the parts files (unless cached) and collect the pairs as row arrays
+    query_rows, positive_rows, targets = [], [], []
     offset = 0
     cache = EmbeddingCache()
     try:
-        for qfile in map(Path, query_files):
-            data_root = Path(root) if root else mbeir_root(qfile) or index.root or qfile.parent
-            prepared = prepare_queries(read_queries(qfile, problems), index, data_root=data_root,
-                                       instructions=load_instructions(instructions, data_root, seed),
-                                       relevant=relevant, all_instructions=True, problems=problems,
-                                       source=str(qfile))
-            f, ok = index.encoder.encode(prepared.items, "query", progress=progress, cache=cache, problems=problems)
-            prepared = prepared.keep(ok)
-            rows_of = index.rows_of({d for rel in prepared.relevant for d in rel})  # one batched lookup
-            for i, (target, rel) in enumerate(zip(prepared.targets, prepared.relevant)):
-                for did in sorted(rel):
-                    row = rows_of.get(did)
-                    if row is not None:
-                        query_rows.append(offset + i)
-                        positive_rows.append(row)
-                        targets.append(target.code if target else int(index.modality_codes[row]))
-            feats.append(f)
-            offset += len(f)
+        with progress_bar(rows, "encode training queries", enabled=progress and not cached) as bar:
+            for prepared in prepared_chunks(problems):
+                n = len(prepared.items)
+                if writer is not None and n:
+                    feats, ok = index.encoder.encode(prepared.items, "query", cache=cache, problems=problems)
+                    writer.write(offset + np.flatnonzero(ok), feats)
+                    bar.update(n)
+                else:
+                    ok = np.ones(n, bool)
+                rows_of = index.rows_of({d for rel in prepared.relevant for d in rel})  # one batched lookup
+                for i, (target, rel) in enumerate(zip(prepared.targets, prepared.relevant)):
+                    if not ok[i]:
+                        continue
+                    for did in sorted(rel):
+                        row = rows_of.get(did)
+                        if row is not None:
+                            query_rows.append(offset + i)
+                            positive_rows.append(row)
+                            targets.append(target.code if target else int(index.modality_codes[row]))
+                offset += n
+        if writer is not None:
+            writer.commit()
     finally:
         cache.close()
+        if writer is not None:
+            writer.abandon()
+    queries = read_features(folder)
+    if cached:  # rows whose encoding failed when the folder was written have no part: leave their pairs out
+        query_rows, positive_rows, targets = _encoded_only(queries, query_rows, positive_rows, targets)
     if not positive_rows:
         raise InvalidInputError("no training pair: none of the queries' positives is in this index")
-    from .encoders import Features
+    return TrainingPairs(queries, index.feature_rows, index.modality_codes.astype(np.int64),
+                         np.asarray(positive_rows, np.int64), np.asarray(targets, np.int64),
+                         np.asarray(query_rows, np.int64), keepalive=keepalive)
 
-    queries = Features.concat(feats, index.manifest.dim)[np.asarray(query_rows)]
-    return TrainingPairs(queries, index.features, index.modality_codes.astype(np.int64), np.asarray(positive_rows),
-                         np.asarray(targets))
+
+class _QueryPartsWriter:
+    """Writes the query parts folder (``image.npy``, ``text.npy`` fp16 [rows, d] memory maps and the two masks)
+    under a temporary name beside ``folder``; ``commit`` flushes, syncs and renames it into place."""
+
+    def __init__(self, folder: Path, rows: int, dim: int):
+        self.folder = folder
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=TEMP_SUFFIX))
+        self.parts = {name: np.lib.format.open_memmap(self.tmp / f"{name}.npy", "w+", np.float16, (rows, dim))
+                      for name in ("image", "text")}
+        self.masks = {name: np.zeros(rows, bool) for name in ("image_mask", "text_mask")}
+
+    def write(self, rows: np.ndarray, feats) -> None:
+        self.parts["image"][rows] = feats.image.astype(np.float16)
+        self.parts["text"][rows] = feats.text.astype(np.float16)
+        self.masks["image_mask"][rows], self.masks["text_mask"][rows] = feats.image_mask, feats.text_mask
+
+    def commit(self) -> None:
+        for name, part in self.parts.items():
+            part.flush()
+        self.parts.clear()
+        for name, mask in self.masks.items():
+            np.save(self.tmp / f"{name}.npy", mask, allow_pickle=False)
+        for file in self.tmp.iterdir():
+            with open(file, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(self.tmp, self.folder)
+        self.tmp = None
+
+    def abandon(self) -> None:
+        """After a failure: remove the half-written temporary folder (this writer's own files only)."""
+        self.parts.clear()
+        if self.tmp is not None and self.tmp.is_dir():
+            shutil.rmtree(self.tmp)
+
+
+def _encoded_only(queries, query_rows, positive_rows, targets):
+    has_part = np.asarray(queries.image_mask) | np.asarray(queries.text_mask)
+    keep = has_part[np.asarray(query_rows, np.int64)] if query_rows else np.zeros(0, bool)
+    pick = lambda xs: [x for x, good in zip(xs, keep) if good]  # noqa: E731
+    return pick(query_rows), pick(positive_rows), pick(targets)
 
 
 def train(index: Index, pairs: TrainingPairs | None, *, stage: str = "all", quantizer: str | None = None,
@@ -119,7 +228,7 @@ def train(index: Index, pairs: TrainingPairs | None, *, stage: str = "all", quan
         report.quantizer = retriever.fit_quantizer(train_pairs, quantizer_config, progress=progress,
                                                    checkpoint_path=ckpt / "quantizer" if ckpt else None,
                                                    resume=resume, log=log)
-        report.collisions = retriever.index(index.features, index.modality_codes)
+        report.collisions = retriever.index(index.feature_rows, index.modality_codes)
         index.generative = retriever
         retriever.health = {"quantizer": health.quantizer_report(index, val_pairs)}
         say(health.format_report("quantizer", retriever.health["quantizer"]))
@@ -134,7 +243,7 @@ def train(index: Index, pairs: TrainingPairs | None, *, stage: str = "all", quan
             + (f" + {len(index)} index-time pool pairs" if gen_config.pool_pairs else ""))
         report.generator = retriever.fit_generator(train_pairs, gen_config, generator, progress=progress,
                                                    checkpoint_path=ckpt / "generator" if ckpt else None,
-                                                   resume=resume, pool=(index.features, index.modality_codes),
+                                                   resume=resume, pool=(index.feature_rows, index.modality_codes),
                                                    validate=validate, log=log)
         retriever.health["generator"] = health.generator_report(index, train_pairs, val_pairs)
         say(health.format_report("generator", retriever.health["generator"]))
@@ -142,7 +251,7 @@ def train(index: Index, pairs: TrainingPairs | None, *, stage: str = "all", quan
     if stage == "index":
         if retriever is None or retriever.generator is None:
             raise InvalidInputError("stage 'index' needs a trained generator: run 'unimir train' first")
-        report.extra["refresh"] = retriever.refresh(index.features, log=log)
+        report.extra["refresh"] = retriever.refresh(index.feature_rows, log=log)
         say(f"[index] taught the generator {report.extra['refresh']['rows']} items "
             f"(with {report.extra['refresh']['replay']} replayed) in {report.extra['refresh']['steps']} steps")
         report.stages.append("index")

@@ -30,7 +30,7 @@ from ..errors import IndexFormatError, InvalidInputError
 from ..quantizer.checkpoint import array_digest, read_versioned_json
 from ..quantizer.config import NUM_MODALITIES, QuantizerTrainConfig
 from ..quantizer.model import SemanticQuantizer
-from ..quantizer.pairs import TrainingPairs
+from ..quantizer.pairs import FeatureRows, TrainingPairs, gather
 from ..quantizer.stats import CollisionStats, collision_stats
 from ..quantizer.train import QuantizerTrainReport
 from ..ranking import Ranking
@@ -132,17 +132,20 @@ class GenerativeRetriever:
             base = (generator_config or GeneratorConfig()).to_dict()
             self.generator = IDGenerator(GeneratorConfig.from_dict({**base, **shape}), seed=config.seed)
             self.generator.init_code_embeddings(q.codebooks(), seed=config.seed)
+        # IDs are computed once (ints, L+1 per pair); the combiner outputs z_q, z_p are computed per batch from the
+        # pairs' feature sources, so no [n, d] array of them is ever held
         rows, inverse = np.unique(pairs.positives, return_inverse=True)
-        z_cand = q.embed(pairs.candidates[rows])
-        targets = q.codes_from_embeddings(z_cand, pairs.candidate_modalities[rows])[inverse]
-        z_q, z_p = q.embed(pairs.queries), z_cand[inverse]
-        noise = np.full(len(z_q), config.query_noise, np.float32)
+        targets = q.compute_codes(FeatureRows(pairs.candidates, rows), pairs.candidate_modalities[rows])[inverse]
+        queries = [FeatureRows(pairs.queries, pairs.query_rows)]
+        positives = [FeatureRows(pairs.candidates, pairs.positives)]
+        noise = np.full(len(pairs), config.query_noise, np.float32)
         if pool is not None and config.pool_pairs:
-            z_pool = q.embed(pool[0])
-            pool_codes = q.codes_from_embeddings(z_pool, pool[1])
-            z_q, z_p = np.concatenate([z_q, z_pool]), np.concatenate([z_p, z_pool])
-            targets = np.concatenate([targets, pool_codes])
-            noise = np.concatenate([noise, np.full(len(z_pool), config.pool_noise, np.float32)])
+            pool_rows = FeatureRows(pool[0])
+            queries.append(pool_rows)
+            positives.append(pool_rows)  # a self-pair: the item's own vector -> its ID
+            targets = np.concatenate([targets, q.compute_codes(pool_rows, pool[1])])
+            noise = np.concatenate([noise, np.full(len(pool_rows), config.pool_noise, np.float32)])
+        z_q, z_p = Embedded(q, queries), Embedded(q, positives)
         report = train_generator(self.generator, z_q, z_p, targets, config, progress=progress,
                                  checkpoint_path=checkpoint_path, resume=resume, noise=noise, validate=validate,
                                  log=log)
@@ -173,7 +176,7 @@ class GenerativeRetriever:
         old = np.setdiff1d(np.arange(len(self)), rows)
         replayed = rng.choice(old, size=min(len(old), int(round(replay * len(rows)))), replace=False)
         chosen = np.concatenate([rows, replayed])
-        z = self.quantizer.embed(features[chosen])
+        z = self.quantizer.embed(FeatureRows(features, chosen))
         base = GeneratorTrainConfig.from_dict(self.train_configs.get("generator", {}))
         batch = min(base.batch_size, len(chosen))
         epochs = max(1, min(epochs, max_steps * batch // len(chosen)))
@@ -375,6 +378,28 @@ class GenerativeRetriever:
         # older indexes: the generator was trained on the pool as it was then, unknown; treat all rows as known
         retriever.learned_rows = int(manifest.get("learned_rows", len(retriever)))
         return retriever
+
+
+class Embedded:
+    """Combiner outputs of the rows of one or more feature sources, one after the other, computed when a batch asks
+    for them: a lazy float32 [n, d] array (``shape``, ``[rows]``) for ``train_generator``."""
+
+    def __init__(self, quantizer: SemanticQuantizer, parts: Sequence[FeatureRows]):
+        self.quantizer, self.parts = quantizer, list(parts)
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+        self.shape = (int(self.starts[-1]), quantizer.config.dim)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        rows = np.arange(self.shape[0])[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.shape[1]), np.float32)
+        part_of = np.searchsorted(self.starts, rows, side="right") - 1
+        for p in np.unique(part_of):
+            sel = part_of == p
+            out[sel] = self.quantizer.embed(gather(self.parts[p], rows[sel] - self.starts[p]))
+        return out
 
 
 def allowed_modalities(targets: Targets, n_queries: int) -> np.ndarray | None:

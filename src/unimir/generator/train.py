@@ -1,6 +1,7 @@
 """Stage 2: teach the generator to emit a positive's ID from its query (``genius-method.md`` §4.3).
 
-The quantizer is frozen, so the caller passes precomputed combiner outputs (z_q, z_p) and the positives' IDs.
+The quantizer is frozen, so the caller passes combiner outputs (z_q, z_p) and the positives' IDs, as arrays or as
+lazy arrays computed per batch.
 Every random draw (epoch order, mixing, dropout) is seeded from (seed, epoch or step), so a resumed run continues
 exactly as the uninterrupted one would have.
 """
@@ -17,11 +18,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..devices import resolve_device
 from ..errors import InvalidInputError
 from ..progress import StepLog
 from ..quantizer.checkpoint import load_training_state, save_training_state
 from ..quantizer.config import config_from_dict
 from ..quantizer.optim import adamw, warmup_cosine
+from ..quantizer.pairs import EpochBatches, pair_batches
 from .model import IDGenerator
 
 
@@ -103,7 +106,8 @@ def train_generator(model: IDGenerator, z_q: np.ndarray, z_p: np.ndarray, target
                     noise: np.ndarray | None = None, validate: Callable[[], float] | None = None,
                     log: bool = True) -> GeneratorTrainReport:
     """Train in place on n pairs: z_q, z_p float32 [n, d] (combiner outputs of queries and positives) and
-    target_codes int64 [n, L+1] (the positives' IDs).
+    target_codes int64 [n, L+1] (the positives' IDs). z_q and z_p may be lazy arrays (``shape`` and ``[rows]``,
+    e.g. ``generator.retriever.Embedded``): a DataLoader reads them one batch of rows at a time.
 
     AdamW (no decay on biases and norms), linear warm-up then cosine to 0, gradient clipping, bfloat16 autocast
     on CUDA. With ``checkpoint_path`` the model, optimiser, scheduler and step are saved after every epoch;
@@ -117,12 +121,15 @@ def train_generator(model: IDGenerator, z_q: np.ndarray, z_p: np.ndarray, target
     if z_p.shape != z_q.shape or target_codes.shape != (n, model.vocab.code_length):
         raise InvalidInputError(f"need z_q, z_p [n, d] and target codes [n, {model.vocab.code_length}], got "
                                 f"{z_q.shape}, {z_p.shape}, {target_codes.shape}")
-    device = torch.device(config.device)
+    device = resolve_device(config.device)
     model.to(device)
-    zq, zp = torch.as_tensor(z_q, dtype=torch.float32), torch.as_tensor(z_p, dtype=torch.float32)
-    targets = torch.as_tensor(target_codes, dtype=torch.long)
-    noise_t = torch.as_tensor(np.full(n, config.query_noise, np.float32) if noise is None else noise,
-                              dtype=torch.float32)
+    noise = np.full(n, config.query_noise, np.float32) if noise is None else np.asarray(noise, np.float32)
+
+    def gather_batch(rows: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """z_q, z_p, target IDs and noise of the pairs ``rows``, read (or computed, for lazy inputs) per batch."""
+        return (torch.as_tensor(np.asarray(z_q[rows], np.float32)), torch.as_tensor(np.asarray(z_p[rows], np.float32)),
+                torch.as_tensor(np.asarray(target_codes[rows]), dtype=torch.long), torch.as_tensor(noise[rows]))
+
     steps_per_epoch = math.ceil(n / config.batch_size)
     total = steps_per_epoch * config.epochs
     optimizer = adamw(model, config.lr, config.weight_decay, betas=config.betas, eps=config.adam_eps)
@@ -138,20 +145,18 @@ def train_generator(model: IDGenerator, z_q: np.ndarray, z_p: np.ndarray, target
     steplog = StepLog("generator", total, enabled=log and not progress)
     best, best_state, waited = -1.0, None, 0
     for epoch in range(step // steps_per_epoch, config.epochs):
-        order = torch.as_tensor(np.random.default_rng([config.seed, epoch]).permutation(n))
         sums: dict[str, Any] = {"loss": 0.0, "token_acc": 0.0, "exact_acc": 0.0,
                                 "level_acc": np.zeros(model.vocab.code_length)}
-        for i in range(step - epoch * steps_per_epoch, steps_per_epoch):
-            rows = order[i * config.batch_size:(i + 1) * config.batch_size]
+        sampler = EpochBatches(n, config.batch_size, config.seed, epoch, start=step - epoch * steps_per_epoch)
+        for zq_rows, zp_rows, target_rows, noise_rows in pair_batches(gather_batch, sampler, device):
             rng = np.random.default_rng([config.seed, 1 << 20, step])
-            x = sample_mixed_inputs(zq[rows].to(device), zp[rows].to(device), config.mix_alpha, config.mix_prob,
-                                    rng)
-            if bool((noise_t[rows] > 0).any()):
-                x = add_noise(x, noise_t[rows], rng)
+            x = sample_mixed_inputs(zq_rows.to(device), zp_rows.to(device), config.mix_alpha, config.mix_prob, rng)
+            if bool((noise_rows > 0).any()):
+                x = add_noise(x, noise_rows, rng)
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(int(rng.integers(2**62)))  # dropout masks, reproducible on resume
                 with amp:
-                    out = model.loss(x, targets[rows].to(device))
+                    out = model.loss(x, target_rows.to(device))
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

@@ -580,6 +580,11 @@ class Index:
         return Features.concat([s.features() for s in self._state.segments], self.manifest.dim)
 
     @property
+    def feature_rows(self) -> "_LazyFeatures":
+        """Every row's parts as a lazy feature source: ``feature_rows[rows]`` reads only those rows (training)."""
+        return _LazyFeatures(self)
+
+    @property
     def fused(self) -> "FusedRows":
         """The candidates' fusion vectors as a lazy [rows, d] array: ``fused[rows]`` computes only those rows."""
         return FusedRows(self)
@@ -942,6 +947,10 @@ class _LazyFeatures:
 
     def __len__(self) -> int:
         return self._index.num_rows
+
+    @property
+    def dim(self) -> int:
+        return self._index.manifest.dim
 
     def __getitem__(self, rows) -> Features:
         rows = np.arange(len(self))[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)

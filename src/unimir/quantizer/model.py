@@ -107,8 +107,21 @@ class SemanticQuantizer:
         return out
 
     def compute_codes(self, features: Features, modality_codes: np.ndarray, batch_size: int = 8192) -> np.ndarray:
-        """IDs of n items: int64 [n, L+1]. ``modality_codes`` int [n] is each item's c0 (a query's target)."""
-        return self.codes_from_embeddings(self.embed(features, batch_size), modality_codes, batch_size)
+        """IDs of n items: int64 [n, L+1]. ``modality_codes`` int [n] is each item's c0 (a query's target).
+        ``features`` may be any feature source (``quantizer.pairs``): it is read, embedded and coded one batch at
+        a time, so only the codes of all n items are held."""
+        modality_codes = np.asarray(modality_codes, dtype=np.int64)
+        if modality_codes.shape != (len(features),):
+            raise InvalidInputError(f"modality_codes must be int [{len(features)}], got {modality_codes.shape}")
+        if features.dim != self.config.dim:
+            raise InvalidInputError(f"features have d={features.dim}, the quantizer expects {self.config.dim}")
+        self.require_trained()
+        out = np.empty((len(features), self.config.code_length), np.int64)
+        for start in range(0, len(features), batch_size):
+            part = slice(start, start + batch_size)
+            out[part] = self.codes_from_embeddings(self.embed(features[part], batch_size), modality_codes[part],
+                                                   batch_size)
+        return out
 
     @torch.no_grad()
     def codes_from_embeddings(self, z: np.ndarray, modality_codes: np.ndarray, batch_size: int = 16384) -> np.ndarray:

@@ -1,10 +1,22 @@
-"""Training data of both stages: (query, positive) pairs over a candidate pool, as plain arrays."""
+"""Training data of both stages: (query, positive) pairs as row-index arrays over feature sources, and the loader.
+
+A pair is two ints: a row of the query features and a row of the candidate features. The features themselves stay
+where they are: a *feature source* is anything with ``len()``, ``.dim`` and ``source[rows] -> Features`` (rows an int
+array or a slice): an in-RAM :class:`Features`, fp16 ``.npy`` parts memory-mapped by ``read_features``, or an
+index's stored segments (``Index.feature_rows``). Batches are gathered from the sources one batch at a time by a
+torch ``DataLoader`` over row indices (:func:`pair_batches`), as GENIUS and UniIR train from stored fp16 features,
+so no stage holds all pairs' vectors in RAM: what is resident is the index arrays (8 B per pair and field) and the
+batch being trained on.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
 
 from ..encoders.base import Features
 from ..errors import InvalidInputError
@@ -15,28 +27,42 @@ from .config import NUM_MODALITIES
 class TrainingPairs:
     """n (query, positive) pairs.
 
-    queries: Features [n], the instruction-prefixed query embeddings.
-    candidates: Features [N], the pool the positives come from.
+    queries: feature source [Q], the instruction-prefixed query embeddings (one row per query and paraphrase).
+    candidates: feature source [N], the pool the positives come from.
     candidate_modalities: int64 [N], each candidate's modality code (``Modality.code``).
     positives: int64 [n], row of each pair's positive in ``candidates``. A query with several positives appears
-        once per positive (the caller may redraw them per epoch).
+        once per positive.
     query_targets: int64 [n], each query's target modality code (its level-0 code); None means the positive's.
+    query_rows: int64 [n], row of each pair's query in ``queries``; None means row i for pair i (Q = n).
+    keepalive: whatever owns the files behind memory-mapped sources (a temporary folder), kept as long as the pairs.
     """
 
-    queries: Features
-    candidates: Features
+    queries: Any
+    candidates: Any
     candidate_modalities: np.ndarray
     positives: np.ndarray
     query_targets: np.ndarray | None = None
+    query_rows: np.ndarray | None = None
+    keepalive: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.candidate_modalities = np.asarray(self.candidate_modalities, dtype=np.int64)
         self.positives = np.asarray(self.positives, dtype=np.int64)
-        n, n_cand = len(self.queries), len(self.candidates)
+        n, n_cand = len(self.positives), len(self.candidates)
         if n == 0:
             raise InvalidInputError("no training pairs")
         if self.positives.shape != (n,):
-            raise InvalidInputError(f"positives must be int [{n}] (one per query row), got {self.positives.shape}")
+            raise InvalidInputError(f"positives must be int [n], got {self.positives.shape}")
+        if self.query_rows is None:
+            if len(self.queries) != n:
+                raise InvalidInputError(f"positives must be int [{len(self.queries)}] (one per query row), got "
+                                        f"{self.positives.shape}")
+            self.query_rows = np.arange(n, dtype=np.int64)
+        self.query_rows = np.asarray(self.query_rows, dtype=np.int64)
+        if self.query_rows.shape != (n,):
+            raise InvalidInputError(f"query_rows must be int [{n}], got {self.query_rows.shape}")
+        if self.query_rows.min() < 0 or self.query_rows.max() >= len(self.queries):
+            raise InvalidInputError(f"query rows must be in 0..{len(self.queries) - 1}")
         if self.candidate_modalities.shape != (n_cand,):
             raise InvalidInputError(f"candidate_modalities must be int [{n_cand}], got "
                                     f"{self.candidate_modalities.shape}")
@@ -58,5 +84,94 @@ class TrainingPairs:
         return int(self.positives.shape[0])
 
     @property
+    def dim(self) -> int:
+        return int(self.queries.dim)
+
+    @property
     def positive_modalities(self) -> np.ndarray:
         return self.candidate_modalities[self.positives]
+
+    def query_features(self, pairs: "np.ndarray | slice" = slice(None)) -> Features:
+        """float32 query parts of the given pairs (all by default: only for small sets, e.g. validation)."""
+        return gather(self.queries, self.query_rows[pairs])
+
+    def positive_features(self, pairs: "np.ndarray | slice" = slice(None)) -> Features:
+        return gather(self.candidates, self.positives[pairs])
+
+    def subset(self, pairs: np.ndarray) -> "TrainingPairs":
+        """The given pairs (int rows or a bool mask), over the same sources: no features are copied."""
+        pairs = np.flatnonzero(pairs) if np.asarray(pairs).dtype == bool else np.asarray(pairs, np.int64)
+        return TrainingPairs(self.queries, self.candidates, self.candidate_modalities, self.positives[pairs],
+                             self.query_targets[pairs], self.query_rows[pairs], keepalive=self.keepalive)
+
+
+def gather(source: Any, rows: "np.ndarray | slice") -> Features:
+    """``source[rows]`` as float32 Features. Rows are read in ascending order (sequential on a memory map) and put
+    back in the asked order."""
+    if isinstance(rows, slice):
+        f = source[rows]
+    else:
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        f = source[rows[order]]
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        f = f[back]
+    return Features(np.asarray(f.image, np.float32), np.asarray(f.text, np.float32),
+                    np.asarray(f.image_mask, bool), np.asarray(f.text_mask, bool))
+
+
+class FeatureRows:
+    """A lazy row selection of a feature source: ``view[i]`` is ``source[rows[i]]``, read only when asked."""
+
+    def __init__(self, source: Any, rows: np.ndarray | None = None):
+        self.source = source
+        self.rows = np.arange(len(source), dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def dim(self) -> int:
+        return int(self.source.dim)
+
+    def __getitem__(self, idx) -> Features:
+        return gather(self.source, self.rows[idx])
+
+
+# --- loading ---------------------------------------------------------------------------------------------------
+
+class EpochBatches(Sampler):
+    """The row batches of one epoch: a permutation seeded by (seed, epoch) cut into ``batch``-sized slices, from
+    batch ``start`` on (a resumed run continues mid-epoch with the same order). ``drop_last`` drops a ragged tail."""
+
+    def __init__(self, n: int, batch: int, seed: int, epoch: int, *, start: int = 0, drop_last: bool = False):
+        self.n, self.batch, self.seed, self.epoch, self.start = n, batch, seed, epoch, start
+        self.steps = max(1, n // batch) if drop_last else -(-n // batch)
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        for i in range(self.start, self.steps):
+            yield order[i * self.batch:(i + 1) * self.batch]
+
+
+def pair_batches(gather_batch: Callable[[np.ndarray], Any], sampler: Sampler, device: torch.device) -> DataLoader:
+    """A DataLoader that calls ``gather_batch(rows)`` once per batch of row indices from ``sampler``.
+
+    Batches are gathered in the training process (``num_workers=0``): on the 2 shared cores here a worker process
+    only competes with the model for a core; pinned memory speeds the copy to a GPU."""
+    return DataLoader(_BatchGatherer(gather_batch), sampler=sampler, batch_size=None, num_workers=0,
+                      pin_memory=device.type == "cuda", collate_fn=lambda batch: batch)
+
+
+class _BatchGatherer(torch.utils.data.Dataset):
+    """A map-style dataset whose keys are whole batches of rows (one vectorised gather per batch, not per row)."""
+
+    def __init__(self, gather_batch: Callable[[np.ndarray], Any]):
+        self.gather_batch = gather_batch
+
+    def __getitem__(self, rows: np.ndarray) -> Any:
+        return self.gather_batch(np.asarray(rows))

@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..devices import resolve_device
 from ..progress import StepLog
 from .checkpoint import load_training_state, save_training_state
 from .combiner import FeatureTensors
 from .config import QuantizerTrainConfig
 from .optim import adamw, warmup_cosine
-from .pairs import TrainingPairs
+from .pairs import EpochBatches, FeatureRows, TrainingPairs, pair_batches
 from .residual import QuantizeOutput
 
 if TYPE_CHECKING:
@@ -61,22 +62,27 @@ def train_quantizer(quantizer: "SemanticQuantizer", pairs: TrainingPairs, config
     codebooks then follow EMA updates every step while AdamW trains the combiner. With ``checkpoint_path`` the full
     state (combiner, codebooks + EMA state, optimiser, scheduler, step) is written after every epoch, and
     ``resume=True`` continues from it."""
-    device = torch.device(config.device)
+    device = resolve_device(config.device)
     quantizer.to(device)
     net = quantizer.net
-    queries = FeatureTensors.from_features(pairs.queries)
-    candidates = FeatureTensors.from_features(pairs.candidates)
-    positives = torch.as_tensor(pairs.positives)
     c0 = torch.cat([torch.as_tensor(pairs.query_targets), torch.as_tensor(pairs.positive_modalities)])
     n = len(pairs)
     batch = min(config.batch_size, n)
     steps_per_epoch = max(1, n // batch)  # drop the ragged tail: every step sees a full set of negatives
     total = steps_per_epoch * config.epochs
 
-    def batch_inputs(rows: torch.Tensor) -> tuple[FeatureTensors, torch.Tensor]:
-        feats = FeatureTensors.cat([queries[rows], candidates[positives[rows]]])
-        moved = FeatureTensors(*(t.to(device) for t in (feats.image, feats.text, feats.image_mask, feats.text_mask)))
-        return moved, torch.cat([c0[rows], c0[n + rows]]).to(device)
+    def gather_batch(rows: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """Pairs ``rows`` read from their sources: parts and masks of [queries; positives], their c0, positives."""
+        queries, positives = pairs.query_features(rows), pairs.positive_features(rows)
+        feats = FeatureTensors.cat([FeatureTensors.from_features(queries), FeatureTensors.from_features(positives)])
+        t = torch.as_tensor(rows)
+        return (feats.image, feats.text, feats.image_mask, feats.text_mask, torch.cat([c0[t], c0[n + t]]),
+                torch.as_tensor(pairs.positives[rows]))
+
+    def on_device(batch_tensors: tuple[torch.Tensor, ...]) -> tuple[FeatureTensors, torch.Tensor, torch.Tensor]:
+        image, text, image_mask, text_mask, codes0, positive_rows = (x.to(device, non_blocking=True)
+                                                                    for x in batch_tensors)
+        return FeatureTensors(image, text, image_mask, text_mask), codes0, positive_rows
 
     optimizer = adamw(net.combiner, config.lr, config.weight_decay, eps=config.adam_eps)
     scheduler = warmup_cosine(optimizer, total, final_ratio=config.lr_min / config.lr)
@@ -84,7 +90,7 @@ def train_quantizer(quantizer: "SemanticQuantizer", pairs: TrainingPairs, config
     if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
         step = int(load_training_state(checkpoint_path, {"quantizer": net}, optimizer, scheduler)["step"])
     elif not quantizer.is_trained:
-        _init_codebooks(quantizer, batch_inputs, n, batch, config)
+        _init_codebooks(quantizer, lambda rows: on_device(gather_batch(rows))[:2], n, batch, config)
 
     report = QuantizerTrainReport(steps=step)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -92,16 +98,16 @@ def train_quantizer(quantizer: "SemanticQuantizer", pairs: TrainingPairs, config
     bar = tqdm(total=total, initial=step, desc="quantizer", disable=not progress)
     steplog = StepLog("quantizer", total, enabled=log and not progress)
     for epoch in range(step // steps_per_epoch, config.epochs):
-        order = torch.as_tensor(np.random.default_rng([config.seed, epoch]).permutation(n))
         sums: dict[str, float] = {}
-        for i in range(step - epoch * steps_per_epoch, steps_per_epoch):
-            rows = order[i * batch:(i + 1) * batch]
-            feats, codes0 = batch_inputs(rows)
+        sampler = EpochBatches(n, batch, config.seed, epoch, start=step - epoch * steps_per_epoch, drop_last=True)
+        for batch_tensors in pair_batches(gather_batch, sampler, device):
+            feats, codes0, positive_rows = on_device(batch_tensors)
+            rows_in_batch = len(positive_rows)
             with amp:
                 z = net.combiner(feats).float()
             out = net.rq.quantize(z, codes0)
-            loss, parts = quantizer_loss(z[:len(rows)], z[len(rows):], out, config,
-                                         positives[rows].to(device) if config.mask_duplicate_positives else None)
+            loss, parts = quantizer_loss(z[:rows_in_batch], z[rows_in_batch:], out, config,
+                                         positive_rows if config.mask_duplicate_positives else None)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -120,24 +126,24 @@ def train_quantizer(quantizer: "SemanticQuantizer", pairs: TrainingPairs, config
     bar.close()
     net.eval()
     if config.pool_refit:
-        _refit_on_pool(quantizer, pairs, queries, candidates, c0[:n], config)
+        _refit_on_pool(quantizer, pairs, config)
     report.steps = step
     return report
 
 
 @torch.no_grad()
-def _refit_on_pool(quantizer: "SemanticQuantizer", pairs: TrainingPairs, queries: FeatureTensors,
-                   candidates: FeatureTensors, query_c0: torch.Tensor, config: QuantizerTrainConfig) -> None:
-    """k-means codebooks on the trained combiner's outputs of every pool candidate plus the distinct training
-    queries: the pool's items, not only the training targets, shape the codes."""
+def _refit_on_pool(quantizer: "SemanticQuantizer", pairs: TrainingPairs, config: QuantizerTrainConfig) -> None:
+    """k-means codebooks on the trained combiner's outputs of every pool candidate plus the training pairs'
+    queries: the pool's items, not only the training targets, shape the codes. (k-means holds these outputs,
+    float32 [N + n, d], in memory.)"""
     device = quantizer.device
     zs, cs = [], []
-    for feats, codes in ((candidates, torch.as_tensor(pairs.candidate_modalities)), (queries, query_c0)):
+    for source, codes in ((FeatureRows(pairs.candidates), pairs.candidate_modalities),
+                          (FeatureRows(pairs.queries, pairs.query_rows), pairs.query_targets)):
         for start in range(0, len(codes), 4096):
-            part = FeatureTensors(*(t[start:start + 4096].to(device) for t in
-                                    (feats.image, feats.text, feats.image_mask, feats.text_mask)))
+            part = FeatureTensors.from_features(source[start:start + 4096], device)
             zs.append(quantizer.net.combiner(part).float())
-            cs.append(codes[start:start + 4096].to(device))
+            cs.append(torch.as_tensor(codes[start:start + 4096], device=device))
     z, c = torch.cat(zs), torch.cat(cs)
     quantizer.net.rq.init_codebooks(z, c, batch_vectors=2 * min(config.batch_size, len(pairs)),
                                     iters=config.kmeans_iters, generator=torch.Generator().manual_seed(config.seed))
@@ -149,9 +155,9 @@ def _init_codebooks(quantizer: "SemanticQuantizer", batch_inputs, n: int, batch:
     """k-means on the combiner outputs of a random sample of pairs (queries and positives alike). The RNG stream
     id is one no epoch uses."""
     wanted = config.kmeans_init_samples or 2 * batch
-    rows = torch.as_tensor(np.random.default_rng([config.seed, 1 << 20]).permutation(n)[:math.ceil(wanted / 2)])
+    rows = np.random.default_rng([config.seed, 1 << 20]).permutation(n)[:math.ceil(wanted / 2)]
     zs, cs = [], []
-    for chunk in rows.split(4096):
+    for chunk in (rows[i:i + 4096] for i in range(0, len(rows), 4096)):
         feats, codes0 = batch_inputs(chunk)
         z = quantizer.net.combiner(feats).float()
         k = len(chunk)
