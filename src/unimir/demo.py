@@ -58,7 +58,7 @@ def test_pool_index(union: Index, out: "str | Path | None" = None, progress: boo
     if g is not None:
         retriever = GenerativeRetriever(g.quantizer, g.generator)
         retriever.train_configs = dict(g.train_configs)
-        retriever.index(index.features, index.modality_codes)
+        retriever.index(index.feature_rows, index.modality_codes)
         retriever.learned_rows = len(retriever)
         index.generative = retriever
         if out is not None:

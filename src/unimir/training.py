@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import health
-from .atomic import TEMP_SUFFIX
+from .atomic import TEMP_SUFFIX, fsync_dir
 from .data.mbeir import InstructionTable, QrelsTable, read_qrels, read_queries
 from .data.problems import Problems
 from .encoders import EmbeddingCache
@@ -97,7 +97,7 @@ def training_pairs(index: Index, query_files: Sequence["str | Path"], *, qrels: 
         for item in prepared.items:
             digest.update(f"{item.text}\0{item.image}\1".encode())
     if rows == 0:
-        raise InvalidInputError("no training pair: no query has a positive (see the problems above)")
+        raise InvalidInputError("no training pair: none of the queries' positives is in this index")
     keepalive = None
     if work_dir is None:
         keepalive = tempfile.TemporaryDirectory(prefix="unimir-train-")
@@ -121,15 +121,12 @@ def training_pairs(index: Index, query_files: Sequence["str | Path"], *, qrels: 
                 else:
                     ok = np.ones(n, bool)
                 rows_of = index.rows_of({d for rel in prepared.relevant for d in rel})  # one batched lookup
-                for i, (target, rel) in enumerate(zip(prepared.targets, prepared.relevant)):
-                    if not ok[i]:
-                        continue
-                    for did in sorted(rel):
-                        row = rows_of.get(did)
-                        if row is not None:
-                            query_rows.append(offset + i)
-                            positive_rows.append(row)
-                            targets.append(target.code if target else int(index.modality_codes[row]))
+                chunk = [(offset + i, row, target.code if target else int(index.modality_codes[row]))
+                         for i, (target, rel) in enumerate(zip(prepared.targets, prepared.relevant)) if ok[i]
+                         for row in (rows_of.get(did) for did in sorted(rel)) if row is not None]
+                if chunk:  # int64 arrays per chunk: 24 B per pair, not three Python ints
+                    for column, values in zip((query_rows, positive_rows, targets), zip(*chunk)):
+                        column.append(np.asarray(values, np.int64))
                 offset += n
         if writer is not None:
             writer.commit()
@@ -138,13 +135,15 @@ def training_pairs(index: Index, query_files: Sequence["str | Path"], *, qrels: 
         if writer is not None:
             writer.abandon()
     queries = read_features(folder)
+    query_rows, positive_rows, targets = (np.concatenate(c) if c else np.zeros(0, np.int64)
+                                          for c in (query_rows, positive_rows, targets))
     if cached:  # rows whose encoding failed when the folder was written have no part: leave their pairs out
-        query_rows, positive_rows, targets = _encoded_only(queries, query_rows, positive_rows, targets)
-    if not positive_rows:
+        encoded = (np.asarray(queries.image_mask) | np.asarray(queries.text_mask))[query_rows]
+        query_rows, positive_rows, targets = query_rows[encoded], positive_rows[encoded], targets[encoded]
+    if not len(positive_rows):
         raise InvalidInputError("no training pair: none of the queries' positives is in this index")
-    return TrainingPairs(queries, index.feature_rows, index.modality_codes.astype(np.int64),
-                         np.asarray(positive_rows, np.int64), np.asarray(targets, np.int64),
-                         np.asarray(query_rows, np.int64), keepalive=keepalive)
+    return TrainingPairs(queries, index.feature_rows, index.modality_codes.astype(np.int64), positive_rows, targets,
+                         query_rows, keepalive=keepalive)
 
 
 class _QueryPartsWriter:
@@ -165,7 +164,7 @@ class _QueryPartsWriter:
         self.masks["image_mask"][rows], self.masks["text_mask"][rows] = feats.image_mask, feats.text_mask
 
     def commit(self) -> None:
-        for name, part in self.parts.items():
+        for part in self.parts.values():
             part.flush()
         self.parts.clear()
         for name, mask in self.masks.items():
@@ -173,7 +172,9 @@ class _QueryPartsWriter:
         for file in self.tmp.iterdir():
             with open(file, "rb+") as f:
                 os.fsync(f.fileno())
+        fsync_dir(self.tmp)
         os.replace(self.tmp, self.folder)
+        fsync_dir(self.folder.parent)
         self.tmp = None
 
     def abandon(self) -> None:
@@ -181,13 +182,6 @@ class _QueryPartsWriter:
         self.parts.clear()
         if self.tmp is not None and self.tmp.is_dir():
             shutil.rmtree(self.tmp)
-
-
-def _encoded_only(queries, query_rows, positive_rows, targets):
-    has_part = np.asarray(queries.image_mask) | np.asarray(queries.text_mask)
-    keep = has_part[np.asarray(query_rows, np.int64)] if query_rows else np.zeros(0, bool)
-    pick = lambda xs: [x for x, good in zip(xs, keep) if good]  # noqa: E731
-    return pick(query_rows), pick(positive_rows), pick(targets)
 
 
 def train(index: Index, pairs: TrainingPairs | None, *, stage: str = "all", quantizer: str | None = None,

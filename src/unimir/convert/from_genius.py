@@ -289,7 +289,7 @@ def convert(rq_checkpoint: "str | os.PathLike | None", generator_checkpoint: "st
     # GENIUS's own level-0 code of each pool item, then the permutation that best matches the modalities
     target = resolve_device(device)
     quantizer.to(target)
-    z_np = quantizer.embed(index.features)  # combiner outputs: level 0 is not involved yet
+    z_np = quantizer.embed(index.feature_rows)  # combiner outputs: level 0 is not involved yet
     z = torch.from_numpy(z_np)
     book = quantizer.net.rq.modality_codebook.detach().cpu().clone()
     genius_c0 = squared_distances(z, book).argmin(-1).numpy() if len(z) else np.zeros(0, np.int64)

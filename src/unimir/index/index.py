@@ -416,7 +416,7 @@ class Index:
         self._open_from(current, generative=retrained is None and (self._generative is not None or
                                                                    bool(current.files.get("generative"))))
         if retrained is not None:  # it replaces the directory's model: code the adopted rows with it
-            retrained.index(self.features, self.modality_codes)
+            retrained.index(self.feature_rows, self.modality_codes)
             self._generative, self._generative_saved, self._generative_skipped = retrained, False, False
         state = self._state
         self._state = _make_state(list(state.segments) + pending, state.deleted)
