@@ -180,18 +180,25 @@ def child_train_generative(work: Path, out: Path) -> dict:
     from unimir.quantizer import QuantizerConfig, QuantizerTrainConfig, SemanticQuantizer, TrainingPairs
 
     stored = read_features(work / "feats")
+    appended = np.load(work / "appended.npy") if (work / "appended.npy").exists() else np.zeros((0, 1), np.float32)
 
     def parts(rows) -> Features:
-        f = stored[rows]
-        return Features(np.asarray(f.image, np.float32), np.asarray(f.text, np.float32), np.asarray(f.image_mask),
-                        np.asarray(f.text_mask))
+        """Parts of index rows: pool rows from the features folder, then the rows child_append added."""
+        rows = np.arange(len(stored) + len(appended))[rows] if isinstance(rows, slice) else np.asarray(rows)
+        old, new = rows[rows < len(stored)], rows[rows >= len(stored)] - len(stored)
+        f = stored[old]
+        vec = appended[new]
+        return Features(np.concatenate([np.asarray(f.image, np.float32), np.zeros_like(vec)]),
+                        np.concatenate([np.asarray(f.text, np.float32), vec]),
+                        np.concatenate([np.asarray(f.image_mask), np.zeros(len(new), bool)]),
+                        np.concatenate([np.asarray(f.text_mask), np.ones(len(new), bool)]))
 
     torch.manual_seed(0)
     index = Index.load(out, generative=False)
     dim = index.manifest.dim
     t0 = time.perf_counter()
     rng = np.random.default_rng(5)
-    rows = np.sort(rng.choice(index.num_rows, 20_000, replace=False))
+    rows = np.sort(rng.choice(len(stored), 20_000, replace=False))
     cands = parts(rows)
     base = index.fuse(cands)
     q = _unit(base + QUERY_NOISE / np.sqrt(dim) * rng.standard_normal(base.shape, np.float32))
@@ -265,6 +272,7 @@ def child_append(work: Path, out: Path, count: int) -> dict:
     rng = np.random.default_rng(9)
     vec = _unit(rng.standard_normal((count, dim), np.float32))
     feats = Features(np.zeros_like(vec), vec, np.zeros(count, bool), np.ones(count, bool))
+    np.save(work / "appended.npy", vec)  # their parts, for child_train_generative (the index keeps none)
     cands = [Candidate(f"new:{i}", Modality.TEXT, f"appended passage {i}") for i in range(count)]
     before_files = {p: p.stat().st_size for p in out.rglob("*") if p.is_file()}
     io0 = _io()
