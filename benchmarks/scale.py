@@ -31,7 +31,9 @@ MIX = ((0, 0.161), (1, 0.438), (2, 0.401))  # modality code, share of the M-BEIR
 CLUSTERS, ITEM_NOISE, PAIR_NOISE, QUERY_NOISE = 4096, 0.7, 0.5, 0.4
 CHUNK = 100_000
 QUERIES = 100
-VARIANTS = {"dense flat (fp16)": "flat", "dense IVF-PQ": "IVF256,PQ48;nprobe=16", "dense HNSW": "HNSW32,SQ8"}
+VARIANTS = {"dense flat (fp16)": "flat", "dense IVF-PQ": "IVF256,PQ48;nprobe=16", "dense HNSW": "HNSW32,SQ8",
+            "dense flat, parts kept": "flat"}
+KEEP_PARTS = {"dense flat, parts kept"}  # built with keep_parts=True (unimir index --keep-parts)
 
 
 # --- data ------------------------------------------------------------------------------------------------------
@@ -138,7 +140,7 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def child_build(work: Path, out: Path, spec: str, limit: int | None) -> dict:
+def child_build(work: Path, out: Path, spec: str, limit: int | None, keep_parts: bool = False) -> dict:
     from unimir import Index
     from unimir.data.ingest import load_pool
     from unimir.data.problems import Problems
@@ -157,28 +159,47 @@ def child_build(work: Path, out: Path, spec: str, limit: int | None) -> dict:
     feats = read_features(work / "feats")
     if limit:
         feats = feats[slice(0, limit)]
-    index = Index.build(candidates, out, root=root, encoder="synthetic-768", index=spec, features=feats)
+    index = Index.build(candidates, out, root=root, encoder="synthetic-768", index=spec, features=feats,
+                        keep_parts=keep_parts)
     seconds = time.perf_counter() - t0
     return {"build_s": seconds, "items": len(index), "disk_bytes": _dir_bytes(out), "peak_rss": _peak(),
             "segments": len(index.manifest.segments)}
 
 
 def child_train_generative(work: Path, out: Path) -> dict:
-    """Train a small quantizer + generator on 20K synthetic pairs and install it (codes for every row)."""
+    """Train a small quantizer + generator on 20K synthetic pairs and install it (codes for every row).
+
+    The candidates' parts come from the features folder the index was built from (GENIUS's way: features are
+    their own artifact), since the flat index stores only its dense vectors."""
     import torch
 
     from unimir import Index
     from unimir.encoders import Features
     from unimir.generator import GenerativeRetriever, GeneratorConfig, GeneratorTrainConfig
+    from unimir.index.features import read_features
     from unimir.quantizer import QuantizerConfig, QuantizerTrainConfig, SemanticQuantizer, TrainingPairs
+
+    stored = read_features(work / "feats")
+    appended = np.load(work / "appended.npy") if (work / "appended.npy").exists() else np.zeros((0, 1), np.float32)
+
+    def parts(rows) -> Features:
+        """Parts of index rows: pool rows from the features folder, then the rows child_append added."""
+        rows = np.arange(len(stored) + len(appended))[rows] if isinstance(rows, slice) else np.asarray(rows)
+        old, new = rows[rows < len(stored)], rows[rows >= len(stored)] - len(stored)
+        f = stored[old]
+        vec = appended[new]
+        return Features(np.concatenate([np.asarray(f.image, np.float32), np.zeros_like(vec)]),
+                        np.concatenate([np.asarray(f.text, np.float32), vec]),
+                        np.concatenate([np.asarray(f.image_mask), np.zeros(len(new), bool)]),
+                        np.concatenate([np.asarray(f.text_mask), np.ones(len(new), bool)]))
 
     torch.manual_seed(0)
     index = Index.load(out, generative=False)
     dim = index.manifest.dim
     t0 = time.perf_counter()
     rng = np.random.default_rng(5)
-    rows = np.sort(rng.choice(index.num_rows, 20_000, replace=False))
-    cands = index.features_at(rows)
+    rows = np.sort(rng.choice(len(stored), 20_000, replace=False))
+    cands = parts(rows)
     base = index.fuse(cands)
     q = _unit(base + QUERY_NOISE / np.sqrt(dim) * rng.standard_normal(base.shape, np.float32))
     n = len(rows)
@@ -192,8 +213,8 @@ def child_train_generative(work: Path, out: Path) -> dict:
                             progress=False)
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    all_codes = np.concatenate([retriever.quantizer.compute_codes(index.features_at(np.arange(s, min(s + CHUNK,
-                                index.num_rows))), index.modality_codes[s:s + CHUNK].astype(np.int64))
+    all_codes = np.concatenate([retriever.quantizer.compute_codes(parts(slice(s, min(s + CHUNK, index.num_rows))),
+                                                                  index.modality_codes[s:s + CHUNK].astype(np.int64))
                                 for s in range(0, index.num_rows, CHUNK)])
     retriever.index_codes(all_codes)
     index.generative = retriever
@@ -251,6 +272,7 @@ def child_append(work: Path, out: Path, count: int) -> dict:
     rng = np.random.default_rng(9)
     vec = _unit(rng.standard_normal((count, dim), np.float32))
     feats = Features(np.zeros_like(vec), vec, np.zeros(count, bool), np.ones(count, bool))
+    np.save(work / "appended.npy", vec)  # their parts, for child_train_generative (the index keeps none)
     cands = [Candidate(f"new:{i}", Modality.TEXT, f"appended passage {i}") for i in range(count)]
     before_files = {p: p.stat().st_size for p in out.rglob("*") if p.is_file()}
     io0 = _io()
@@ -318,7 +340,7 @@ def _child(*args: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-CHILDREN = {"build": lambda a: child_build(Path(a[0]), Path(a[1]), a[2], int(a[3]) or None),
+CHILDREN = {"build": lambda a: child_build(Path(a[0]), Path(a[1]), a[2], int(a[3]) or None, a[4] == "1"),
             "train": lambda a: child_train_generative(Path(a[0]), Path(a[1])),
             "search": lambda a: child_search(Path(a[0]), Path(a[1]), a[2], a[3] == "1"),
             "append": lambda a: child_append(Path(a[0]), Path(a[1]), int(a[2])),
@@ -345,11 +367,17 @@ def run(work: Path, n: int, dim: int, hnsw_items: int, log, save=lambda r: None)
     def variant(name: str) -> None:
         spec = VARIANTS[name]
         limit = hnsw_items if "HNSW" in name and hnsw_items < n else 0
-        out = work / f"idx-{spec.split(';')[0].replace(',', '_')}"
+        out = work / f"idx-{spec.split(';')[0].replace(',', '_')}{'-parts' if name in KEEP_PARTS else ''}"
         shutil.rmtree(out, ignore_errors=True)
-        build = _child("build", str(work), str(out), spec, str(limit))
+        build = _child("build", str(work), str(out), spec, str(limit), "1" if name in KEEP_PARTS else "0")
         log(f"{name}: build {build}")
         row = {"spec": spec, "build": build}
+        if name in KEEP_PARTS:  # the same index as flat plus parts: disk and build only
+            result["disk_groups_parts"] = _disk_groups(out)
+            shutil.rmtree(out, ignore_errors=True)
+            result["variants"][name] = row
+            save(result)
+            return
         if "error" not in build:
             row["search"] = _child("search", str(work), str(out), "dense", "0")
             if limit:
@@ -375,6 +403,7 @@ def run(work: Path, n: int, dim: int, hnsw_items: int, log, save=lambda r: None)
         save(result)
     variant("dense HNSW")
     result["disk_groups"] = _disk_groups(flat)
+    variant("dense flat, parts kept")
     return result
 
 
@@ -406,24 +435,28 @@ def report(r: dict) -> str:
              "the same fp16 vectors. Memory is measured in a fresh process per row, from /proc/self/smaps_rollup, "
              "as the increase over the process with the libraries imported: anonymous (heap) and file-backed "
              "(memory-mapped pages, evictable page cache) separately; 'after search' is after the 100 queries.", "",
-             "| mode | spec | items | build s | disk B/item | open s | anon B/item (open / after search) | "
-             "file-backed B/item (open / after search) | p50 ms | p90 ms | recall@10 vs flat |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| mode | spec | items | build s | build peak RSS GiB | disk B/item | open s | anon B/item (open / after "
+             "search) | file-backed B/item (open / after search) | p50 ms | p90 ms | recall@10 vs flat |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in r["variants"].items():
         b, s = row.get("build", {}), row.get("search", {})
         if "error" in b or "error" in s:
-            lines.append(f"| {name} | {row.get('spec', '')} | error: {b.get('error') or s.get('error')} |||||||||")
+            lines.append(f"| {name} | {row.get('spec', '')} | error: {b.get('error') or s.get('error')} ||||||||||")
             continue
         items = b.get("items") or s.get("items")
         disk = f"{b['disk_bytes'] / items:,.0f}" if b else "(flat index + model)"
+        peak = f"{b['peak_rss'] / 2**30:.1f}" if b.get("peak_rss") else ""
+        head = f"| {name} | `{row.get('spec', '')}` | {items:,} | {b.get('build_s', 0):.0f} | {peak} | {disk} |"
+        if not s:  # built for its disk figures only
+            lines.append(head + " (same as flat) ||||||")
+            continue
         recall = "n/a (prefix pool)" if "recall_note" in s else f"{s['recall_at_10']:.3f}"
-        lines.append(f"| {name} | `{row.get('spec', '')}` | {items:,} | {b.get('build_s', 0):.0f} | {disk} | "
-                     f"{s['open_s']:.2f} | {s['anon_per_item']:.1f} / {s['anon_per_item_after_search']:.1f} | "
+        lines.append(head + f" {s['open_s']:.2f} | {s['anon_per_item']:.1f} / {s['anon_per_item_after_search']:.1f} | "
                      f"{s['file_per_item']:.1f} / {s['file_per_item_after_search']:.1f} | {s['p50_ms']:.1f} | "
                      f"{s['p90_ms']:.1f} | {recall} |")
     g = r.get("generative_train")
     missing = [k for k in ("dense flat (fp16)", "dense IVF-PQ", "generative", "generative-rerank", "quantize",
-                           "dense HNSW") if k not in r["variants"]]
+                           "dense HNSW", "dense flat, parts kept") if k not in r["variants"]]
     if missing:
         lines += ["", f"Not measured at this size (the run was stopped at the deadline): {', '.join(missing)}."]
     if g and "error" not in g:
@@ -431,7 +464,13 @@ def report(r: dict) -> str:
               f"20,000 synthetic pairs in {g.get('train_s', 0):.0f} s; coding all rows and saving "
               f"{g.get('code_and_save_s', 0):.0f} s. Its files live in the flat index's folder."]
     lines += ["", "Disk of the flat index folder by kind (bytes per item): " +
-              ", ".join(f"{k} {v / n:,.0f}" for k, v in sorted(r.get("disk_groups", {}).items())), ""]
+              ", ".join(f"{k} {v / n:,.0f}" for k, v in sorted(r.get("disk_groups", {}).items())) +
+              " (the generative files are those of the model trained into it). The dense store holds each item's "
+              "vector once; parts are stored only with `--keep-parts`."]
+    if r.get("disk_groups_parts"):
+        lines += ["", "The same flat index built with `--keep-parts` (bytes per item): " +
+                  ", ".join(f"{k} {v / n:,.0f}" for k, v in sorted(r["disk_groups_parts"].items()))]
+    lines += [""]
     a = r.get("append", {"error": "not run"})
     if "error" not in a:
         lines += [f"## Appending 1,000 items to the {n:,}-item flat index", "",

@@ -26,7 +26,7 @@ def cli_index(corpus, tiny_clip_dir, tmp_path_factory):
 
 def test_index_info_search_eval(cli_index, corpus, tmp_path):
     info = json.loads(unimir("info", cli_index).stdout)
-    assert info["num_items"] == 36 and info["index_spec"] == "HNSW16;efSearch=64" and info["format_version"] == 2
+    assert info["num_items"] == 36 and info["index_spec"] == "HNSW16;efSearch=64" and info["format_version"] == 3
     out = json.loads(unimir("search", cli_index, "--text", "a red circle", "--modality", "image", "--k", "3",
                             "--json").stdout)
     assert len(out["results"]) == 3 and {r["modality"] for r in out["results"]} == {"image"}

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -153,3 +154,27 @@ def test_text_files_decode_line_by_line(tmp_path):
     assert [(p.line, "not valid UTF-8" in p.message) for p in problems.items] == [(3, True)]
     assert id_problem(True) and id_problem(1.5) and id_problem("a\tb") and id_problem("..")
     assert id_problem("10:1") is None and id_problem(7) is None and id_problem("cats/a b.png") is None
+
+
+def test_inside_root_check_matches_a_full_resolve(tmp_path):
+    """The cached-folder check that keeps reading a large pool fast agrees with resolving every path in full."""
+    from unimir.data.ingest import _is_within
+
+    root = (tmp_path / "root")
+    (root / "a" / "b").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "x.png").write_bytes(b"x")
+    (root / "a" / "in.png").write_bytes(b"x")
+    (root / "a" / "out.png").symlink_to(tmp_path / "elsewhere" / "x.png")
+    (root / "a" / "inlink.png").symlink_to(root / "a" / "in.png")
+    (root / "linkdir").symlink_to(tmp_path / "elsewhere")
+    (root / "a" / "up").symlink_to(root)
+    paths = ["a/in.png", "a/out.png", "a/inlink.png", "linkdir/x.png", "a/up/a/in.png", "../elsewhere/x.png",
+             "a/../a/in.png", "a/b/../../../root/a/in.png", "a/b/..", "missing/file.png", "a/.", "..", ".",
+             str(root / "a" / "in.png"), "a/b/../../../rootx/a.png"]
+    root = root.resolve()
+    cache: dict[str, str] = {}
+    for p in paths * 2:  # the second pass reads the cache
+        target = (root / p).resolve()
+        slow = not Path(p).is_absolute() and (target == root or root in target.parents)
+        assert _is_within(root, p, cache) == slow, p

@@ -195,3 +195,141 @@ def test_cli_delete_compact_and_features(built, tmp_path, corpus):
                   built.manifest.encoder, "--index", "HNSW8")
     assert proc.returncode == 0 and "indexed 36 items" in proc.stdout, proc.stderr
     assert json.loads(unimir("info", tmp_path / "byo").stdout)["index_spec"] == "HNSW8"
+
+
+def _segment_files(index):
+    return {p.name for s in index.manifest.segments for p in (index.path / s.name).iterdir()}
+
+
+def test_dense_vectors_are_stored_once_and_parts_only_on_request(corpus, tiny_encoder, built, tmp_path):
+    """The vector store holds each item's dense vector, the one copy; parts are written only with keep_parts, and
+    an index without them gets them back from its encoder (the same vectors, to fp16 precision)."""
+    kept = Index.build(corpus["pool"], tmp_path / "kept", encoder=tiny_encoder, keep_parts=True)
+    assert not built.manifest.parts and kept.manifest.parts
+    assert not {"image.npy", "text.npy"} & _segment_files(built) and {"image.npy", "text.npy"} <= _segment_files(kept)
+    size = lambda i: sum(p.stat().st_size for p in i.path.rglob("*") if p.is_file())  # noqa: E731
+    assert size(built) < size(kept)
+    rows = np.array([0, 5, 17, 35])
+    a, b = built.features_at(rows), kept.features_at(rows)
+    np.testing.assert_array_equal(a.image_mask, b.image_mask)
+    np.testing.assert_allclose(a.image, b.image, atol=2e-3)
+    np.testing.assert_allclose(a.text, b.text, atol=2e-3)
+    # the fused rows generative modes read are the stored vectors themselves
+    np.testing.assert_allclose(built.fused[rows], built.fuse(a), atol=2e-3)
+    assert [h.did for h in built.search("a red circle", k=8).hits] == [h.did for h in kept.search("a red circle",
+                                                                                                    k=8).hits]
+    # built from features, without parts and with an encoder that cannot run: a clear error, not a crash
+    byo = Index.build(corpus["pool"], tmp_path / "byo", encoder="synthetic-8", features=built.features)
+    with pytest.raises(InvalidInputError, match="keeps no part vectors .*--keep-parts"):
+        byo.features_at(rows)
+    byo_kept = Index.build(corpus["pool"], tmp_path / "byo-kept", encoder="synthetic-8", features=built.features,
+                           keep_parts=True)
+    np.testing.assert_allclose(byo_kept.features_at(rows).text, a.text, atol=2e-3)
+
+
+def test_a_joint_vector_is_the_stored_dense_vector(corpus, tiny_encoder, built, tmp_path):
+    """An encoder that embeds image and text together gives Features.joint; that vector (normalised) is what the
+    index stores and searches, not the fusion of the parts, and it survives compaction."""
+    feats = built.features
+    rng = np.random.default_rng(3)
+    joint = rng.standard_normal((len(feats), feats.dim)).astype(np.float32) * 3.0
+    with_joint = Features(feats.image, feats.text, feats.image_mask, feats.text_mask, joint)
+    index = Index.build(corpus["pool"], tmp_path / "joint", encoder=tiny_encoder, features=with_joint)
+    unit = joint / np.linalg.norm(joint, axis=1, keepdims=True)
+    np.testing.assert_allclose(index.fused[np.arange(len(feats))], unit, atol=2e-3)
+    query = Features.empty(feats.dim, 1)
+    query.text[0], query.text_mask[0] = unit[7], True
+    assert index.search_features(query, [None], 1)[0].indices[0] == 7
+    index.delete([index.candidates[3].did])
+    index.compact()
+    np.testing.assert_allclose(index.fused[np.arange(6)], np.delete(unit, 3, axis=0)[:6], atol=2e-3)
+    (tmp_path / "npy").mkdir()  # bring-your-own features with a joint column
+    for name in ("image", "text", "joint"):
+        np.save(tmp_path / "npy" / f"{name}.npy", getattr(with_joint, name).astype(np.float16))
+    from_files = Index.build(corpus["pool"], tmp_path / "joint-npy", encoder=tiny_encoder, features=tmp_path / "npy")
+    np.testing.assert_allclose(from_files.fused[np.arange(len(feats))], unit, atol=2e-3)
+
+
+def test_format_v2_index_opens(tmp_path, tiny_encoder):
+    """tests/data/index-v2 was written by main's code on 2026-12-02 (storage format v2, parts in every segment,
+    int16 generative codes): it opens, finds what that code found, and its next commit upgrades it to v3."""
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data"
+    shutil.copytree(data / "index-v2", tmp_path / "v2")
+    want = json.loads((data / "index-v2-expected.json").read_text())
+    index = Index.load(tmp_path / "v2")
+    assert index.manifest.parts and len(index) == 47 and index.modes == ("dense", "quantize")
+    q = np.asarray(want["queries"], np.float32)
+    queries = Features(np.zeros_like(q), q, np.zeros(len(q), bool), np.ones(len(q), bool))
+    for mode in ("dense", "quantize"):
+        found = index.search_features(queries, [None] * len(q), 5, mode=mode)
+        for r, (rows, scores) in zip(found, want[mode]):
+            assert r.indices.tolist() == rows
+            np.testing.assert_allclose(r.scores, scores, atol=1e-3 if mode == "dense" else 2e-3)
+    np.testing.assert_array_equal(index.generative.codes, want["codes"])
+    f = index.features_at(want["parts_rows"])
+    np.testing.assert_array_equal(f.image, np.asarray(want["image"], np.float32))
+    np.testing.assert_array_equal(f.text, np.asarray(want["text"], np.float32))
+    assert check_index_ok(tmp_path / "v2")
+    index.add_features([Candidate("v3:0", Modality.TEXT, "New text.")], index.features_at([1]))
+    index.save()
+    assert json.loads((tmp_path / "v2" / "manifest.json").read_text())["format_version"] == 3
+    again = Index.load(tmp_path / "v2")
+    assert len(again) == 48 and again.manifest.parts and "image.npy" in _segment_files(again)
+    assert again.search_features(queries, [None] * len(q), 5, mode="quantize")[0].indices.tolist() == \
+        want["quantize"][0][0]
+
+
+def check_index_ok(path) -> bool:
+    from unimir.index.check import check_index
+
+    problems, summary = check_index(path)
+    assert not problems, problems
+    return summary.startswith("ok:")
+
+
+def test_leftovers_of_a_crash_are_reported_and_compact_removes_only_them(copy, tmp_path):
+    """Files an interrupted write left (a renamed segment no manifest lists, a half-written .tmp folder, a
+    generative model never committed) are listed by 'info --check' and removed by 'compact'; a user's file in
+    the folder is neither."""
+    seg = copy.manifest.segments[0].name
+    for name in ("seg-000099-000beef", ".seg-000100-000cafe.tmp", "generative-000098"):
+        shutil.copytree(copy.path / seg, copy.path / name)
+    (copy.path / "notes.txt").write_text("mine")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "unimir", "--quiet", "info", "--check", str(copy.path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and "3 entries left by an interrupted write" in proc.stdout, proc.stdout
+    assert "seg-000099-000beef" in proc.stdout and "notes.txt" not in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "unimir", "--quiet", "compact", str(copy.path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    names = {p.name for p in copy.path.iterdir()}
+    assert not names & {"seg-000099-000beef", ".seg-000100-000cafe.tmp", "generative-000098"}
+    assert (copy.path / "notes.txt").read_text() == "mine" and check_index_ok(copy.path)
+
+
+def test_encoder_fingerprint_is_recorded_and_checked_by_the_cli(built, tmp_path):
+    """An index remembers which encoder weights built it: searching it with an encoder that now computes other
+    vectors is a one-line error; an index that recorded none (older unimir) gets a one-line warning."""
+    shutil.copytree(built.path, tmp_path / "idx")
+    m = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert m["encoder_fingerprint"] == built.encoder.fingerprint
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def search():
+        return subprocess.run([sys.executable, "-m", "unimir", "--quiet", "search", str(tmp_path / "idx"),
+                               "--text", "a red circle", "--k", "2"], capture_output=True, text=True, env=env, timeout=300)
+
+    assert search().returncode == 0
+    m["encoder_fingerprint"] = "0" * 64
+    (tmp_path / "idx" / "manifest.json").write_text(json.dumps(m))
+    proc = search()
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("error: ") and "computes other vectors" in proc.stderr and "rebuild" in proc.stderr
+    m["encoder_fingerprint"] = None
+    (tmp_path / "idx" / "manifest.json").write_text(json.dumps(m))
+    proc = search()
+    assert proc.returncode == 0 and proc.stderr.startswith("warning: ") and "no encoder fingerprint" in proc.stderr
+    assert proc.stderr.count("\n") == 1

@@ -62,7 +62,7 @@ def test_bitmap_and_csr_masks_and_child_nodes_match_brute_force(monkeypatch, lay
     kept = [b is not None for b in trie.bitmaps]
     row_bytes = [(s + 7) // 8 for s in sizes]
     assert kept == ([layout == "bitmap"] * len(sizes) if layout != "auto" else
-                    [trie.num_nodes(lv) * row_bytes[lv] <= trie.child_codes[lv].nbytes for lv in range(len(sizes))])
+                    [trie.num_nodes(lv) * row_bytes[lv] <= 8 * len(trie.child_codes[lv]) for lv in range(len(sizes))])
     for level in range(len(sizes)):
         paths = sorted(prefixes(codes, level))
         nodes = torch.tensor([walk(trie, p) for p in paths], dtype=torch.long)
@@ -140,3 +140,53 @@ def test_empty_trie_and_bad_codes():
         SemanticIDTrie(np.array([[0, 5, 0, 0]]), SIZES)
     with pytest.raises(InvalidInputError):
         SemanticIDTrie(np.zeros((2, 3), np.int64), SIZES)
+
+
+def reference_arrays(codes: np.ndarray, sizes: tuple[int, ...]) -> dict[str, object]:
+    """The trie's arrays as the first (int64, lexsort) implementation built them: the slow, plain reference."""
+    codes = np.asarray(codes, dtype=np.int64)
+    order = np.lexsort(codes.T[::-1])
+    ordered = codes[order]
+    new_id = np.ones(len(ordered), dtype=bool)
+    if len(ordered) > 1:
+        new_id[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    ids = ordered[new_id]
+    item_leaf = np.empty(len(codes), dtype=np.int64)
+    item_leaf[order] = np.cumsum(new_id) - 1
+    out = {"ids": ids, "item_leaf": item_leaf, "bucket_items": order,
+           "bucket_offsets": np.concatenate([np.flatnonzero(new_id), [len(codes)]]),
+           "first_child": [], "num_children": [], "child_codes": [], "keys": []}
+    prev_new = np.zeros(len(ids), dtype=bool)
+    prev_new[:1] = True
+    for level in range(len(sizes)):
+        new = prev_new.copy()
+        if len(ids) > 1:
+            new[1:] |= ids[1:, level] != ids[:-1, level]
+        parent = np.cumsum(prev_new)[new] - 1
+        n_nodes = max(int(prev_new.sum()), 1)
+        child = ids[new, level]
+        counts = np.bincount(parent, minlength=n_nodes)
+        out["child_codes"].append(child)
+        out["num_children"].append(counts)
+        out["first_child"].append(np.concatenate([[0], np.cumsum(counts)[:-1]]))
+        out["keys"].append(parent * sizes[level] + child)
+        prev_new = new
+    return out
+
+
+@pytest.mark.parametrize("n,seed,sizes", [(0, 0, SIZES), (1, 1, SIZES), (500, 2, SIZES), (3000, 3, (3, 256, 256, 256)),
+                                          (400, 4, (3, 300, 7, 2)), (2000, 5, (3, 2, 2, 2))])
+def test_compact_arrays_equal_the_int64_reference(n, seed, sizes):
+    """The compact trie (small code types, int32 positions, one argsort of a packed key) holds exactly the values
+    of the int64 / lexsort reference, so every traversal and search over it returns the same results."""
+    codes = random_codes(n, seed, sizes)
+    trie = SemanticIDTrie(codes, sizes)
+    ref = reference_arrays(codes, sizes)
+    assert trie.ids.dtype == trie_module.code_dtype(sizes) and trie.bucket_items.dtype == np.int32
+    for name in ("ids", "item_leaf", "bucket_items", "bucket_offsets"):
+        np.testing.assert_array_equal(getattr(trie, name), ref[name], err_msg=name)
+    for name in ("first_child", "num_children", "child_codes", "keys"):
+        for level in range(len(sizes)):
+            np.testing.assert_array_equal(getattr(trie, name)[level], ref[name][level], err_msg=f"{name}[{level}]")
+    assert trie.is_built_from(codes) and trie.is_built_from(codes.astype(np.int64))
+    assert trie.code_dtype.itemsize <= 2 and all(k.dtype == np.int32 for k in trie.keys)

@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "text_mask); nothing is encoded")
     s.add_argument("--fusion-weights", type=_weights, default=(1.0, 1.0), metavar="W_IMG,W_TXT",
                    help="score-fusion weights of image and text parts (default 1,1)")
+    s.add_argument("--keep-parts", action="store_true",
+                   help="also store each item's image and text vectors (fp16), not only its dense vector: "
+                   "'unimir train' then reads them instead of re-encoding the pool (needed with --features)")
     s.add_argument("--batch-size", type=_positive_int, default=None, help="items per encoder batch")
     s.add_argument("--strict", action="store_true", help="fail on the first bad item instead of skipping it")
     s.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
@@ -308,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         faiss.omp_set_num_threads(args.threads)
     progress = not args.quiet  # a bar on a terminal, a plain line every 30 s otherwise (unimir.progress)
+    _one_line_warnings()
     try:
         if getattr(args, "device", None):
             from .devices import resolve_device
@@ -326,6 +330,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _one_line_warnings() -> None:
+    """unimir's own warnings as 'warning: ...' lines on stderr (Python's default adds a file, a line and code)."""
+    import warnings
+
+    from .errors import UnimirWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, UnimirWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def cmd_index(args, progress: bool) -> int:
     from .data.problems import Problems
     from .index import Index
@@ -334,7 +355,8 @@ def cmd_index(args, progress: bool) -> int:
     index = Index.build(args.pool, args.out, root=args.root, encoder=args.encoder, index=args.index,
                         fusion_weights=args.fusion_weights, problems=problems, progress=progress,
                         batch_size=args.batch_size, cache=not args.no_cache,
-                        allow_outside_root=args.allow_outside_root, device=args.device, features=args.features)
+                        allow_outside_root=args.allow_outside_root, device=args.device, features=args.features,
+                        keep_parts=args.keep_parts)
     counts = ", ".join(f"{v} {k}" for k, v in index.manifest.modality_counts.items() if v)
     print(f"indexed {len(index)} items ({counts}) with encoder {index.manifest.encoder} "
           f"and index {index.manifest.index_spec} -> {index.path}")

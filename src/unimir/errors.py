@@ -51,3 +51,7 @@ class IndexFormatError(UnimirError):
     """An index directory that is incomplete, of another format version, or inconsistent with its manifest."""
 
     http_status = 500
+
+
+class UnimirWarning(UserWarning):
+    """Something the user should know that does not stop the command (the CLI prints it as one line)."""

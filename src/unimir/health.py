@@ -104,7 +104,7 @@ def exact_id_accuracy(index: "Index", pairs: TrainingPairs | None) -> float | No
         return None
     g = index.generative
     z = torch.as_tensor(g.quantizer.embed(pairs.query_features()))
-    codes = torch.as_tensor(np.asarray(g.codes)[pairs.positives])
+    codes = torch.as_tensor(np.asarray(g.codes)[pairs.positives].astype(np.int64))
     g.generator.eval()
     return round(float(g.generator.loss(z.to(g.generator.device), codes.to(g.generator.device)).exact_acc), 4)
 

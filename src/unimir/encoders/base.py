@@ -34,12 +34,16 @@ class Features:
     image, text: float32 [n, d], zeros where the mask is unset; unit rows for ``unit-sum`` encoders, raw projections
     for ``raw-sum`` ones (CLIP-SF).
     image_mask, text_mask: bool [n].
+    joint: optional float32 [n, d], a vector the encoder computed for each item as a whole (E5-V, VISTA, BLIP
+    embed image and text together). When present it *is* the item's dense vector (:func:`fuse` returns it,
+    normalised, instead of fusing the parts); the parts still serve generative retrieval.
     """
 
     image: np.ndarray
     text: np.ndarray
     image_mask: np.ndarray
     text_mask: np.ndarray
+    joint: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.image.shape[0])
@@ -56,14 +60,19 @@ class Features:
         return l2_normalize(f.astype(np.float32, copy=False))
 
     def __getitem__(self, idx) -> "Features":
-        return Features(self.image[idx], self.text[idx], self.image_mask[idx], self.text_mask[idx])
+        return Features(self.image[idx], self.text[idx], self.image_mask[idx], self.text_mask[idx],
+                        None if self.joint is None else self.joint[idx])
 
     @staticmethod
     def concat(parts: Sequence["Features"], dim: int) -> "Features":
         if not parts:
             return Features.empty(dim)
         fields = ("image", "text", "image_mask", "text_mask")
-        return Features(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
+        with_joint = [p.joint is not None for p in parts]
+        if any(with_joint) and not all(with_joint):
+            raise ValueError("cannot concatenate features with and without joint vectors")
+        joint = np.concatenate([p.joint for p in parts]) if all(with_joint) else None
+        return Features(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields), joint)
 
     @staticmethod
     def empty(dim: int, n: int = 0) -> "Features":
@@ -79,8 +88,11 @@ def fuse(features: Features, policy: str = "unit-sum", weights: tuple[float, flo
 
     ``unit-sum``: normalize(w_img*m_img*normalize(e_img) + w_txt*m_txt*normalize(e_txt)), unimir's fusion for
     encoders whose parts are unit vectors. ``raw-sum``: normalize(w_img*m_img*e_img + w_txt*m_txt*e_txt) over the raw
-    projections, UniIR CLIP-SF's score fusion (with weights 1, 1): the longer part dominates.
+    projections, UniIR CLIP-SF's score fusion (with weights 1, 1): the longer part dominates. Features that carry
+    a ``joint`` vector (computed by the encoder for the item as a whole) are that vector, normalised.
     """
+    if features.joint is not None:
+        return l2_normalize(features.joint)
     if policy == "raw-sum":
         return features.fused(weights)
     if policy != "unit-sum":

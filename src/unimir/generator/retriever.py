@@ -74,7 +74,8 @@ class GenerativeRetriever:
 
     @property
     def codes(self) -> np.ndarray:
-        """Read-only int64 [N, L+1]: the ID of every indexed candidate row."""
+        """Read-only [N, L+1]: the ID of every indexed candidate row, in the trie's compact code type (uint8 for
+        levels of 256 codes; ``astype(np.int64)`` where an int64 copy is wanted)."""
         return self._codes
 
     @property
@@ -91,10 +92,10 @@ class GenerativeRetriever:
 
     def _set_codes(self, codes: np.ndarray) -> None:
         # The only writer of codes: trie, buckets and stats are rebuilt together, so they are never stale.
-        codes = np.ascontiguousarray(codes, dtype=np.int64)
+        trie = SemanticIDTrie(codes, self.quantizer.level_sizes)  # validates, then holds them compactly
+        codes = np.ascontiguousarray(np.asarray(codes).astype(trie.code_dtype, copy=False))
         codes.setflags(write=False)
-        self._codes = codes
-        self._trie = SemanticIDTrie(codes, self.quantizer.level_sizes)
+        self._codes, self._trie = codes, trie
         self._stats = collision_stats(codes, self.quantizer.level_sizes, self._trie.bucket_sizes)
 
     # -- training -------------------------------------------------------------------------------------------------
@@ -182,7 +183,7 @@ class GenerativeRetriever:
         epochs = max(1, min(epochs, max_steps * batch // len(chosen)))
         config = GeneratorTrainConfig.from_dict({**base.to_dict(), "epochs": epochs, "lr": lr, "warmup_ratio": 0.0,
                                                  "batch_size": batch, "seed": seed, "patience": 0})
-        report = train_generator(self.generator, z, z, np.asarray(self._codes[chosen]), config, progress=False,
+        report = train_generator(self.generator, z, z, self._codes[chosen].astype(np.int64), config, progress=False,
                                  noise=np.full(len(chosen), config.pool_noise, np.float32), log=log)
         self.learned_rows = len(self)
         return {"rows": int(len(rows)), "replay": int(len(replayed)), "steps": report.steps, "epochs": epochs}
@@ -205,7 +206,7 @@ class GenerativeRetriever:
         reachable at once, though IDs never seen in training may rank low. Rebuilding is a sort of N x (L+1)."""
         start = len(self)
         new = self.quantizer.compute_codes(features, modality_codes)
-        self._set_codes(np.concatenate([self._codes, new]))
+        self._set_codes(np.concatenate([self._codes, new.astype(self._codes.dtype)]))
         return np.arange(start, len(self), dtype=np.int64)
 
     # -- search ---------------------------------------------------------------------------------------------------
@@ -337,7 +338,7 @@ class GenerativeRetriever:
                           "digest": self.quantizer.digest()},
             "generator": None if self.generator is None else {"config": self.generator.config.to_dict(),
                                                               "digest": self.generator.digest()},
-            "codes": {"rows": len(self), "digest": array_digest(np.asarray(self._codes))} if with_codes else None,
+            "codes": {"rows": len(self), "digest": array_digest(self._codes.astype(np.int64))} if with_codes else None,
             "train_configs": self.train_configs,
             "stats": self.stats.to_dict(),
             "extra": self.extra,

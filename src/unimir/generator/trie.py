@@ -11,8 +11,15 @@ grows with the children those nodes have, which is what makes a larger pool slow
 node has about 13 of 256 codes, at 1M nearly all). Levels whose nodes are dense enough also keep a packed bitmap
 (``bitmaps[l]``: uint8 [nodes, ceil(K/8)], bit c of node n set iff code c extends n), so the mask is one gather and
 one bit test, [R, K] work whatever the pool; a bitmap is kept only where it costs at most ``BITMAP_MIN_BYTES`` or
-no more than the level's child list, so memory stays within twice the CSR arrays. ``child_nodes`` then reads the
-selected children's node ids from the mask (first child + rank of the code), without searching the pool.
+no more than the level's child list would take as int64, so memory stays within the old CSR arrays. ``child_nodes``
+then reads the selected children's node ids from the mask (first child + rank of the code), without searching the
+pool.
+
+Compact by construction, since a loaded index keeps the trie resident (``docs/bench/scale.md``): codes are stored
+in the smallest type that holds a level's codes (uint8 for the usual 256-code levels, see ``code_dtype``), node,
+row and key arrays in int32 (int64 only past 2**31), so an indexed item costs about 25 bytes here instead of 100.
+IDs are ordered with one stable argsort of a mixed-radix key (the same order as a lexicographic sort, without its
+int64 copies), which keeps rebuilding on load and on append cheap enough not to persist the trie.
 """
 
 from __future__ import annotations
@@ -29,27 +36,53 @@ BITMAP_MIN_BYTES = 1 << 20  # a level's bitmap is always kept up to this size
 _BIT_VALUES = np.array([1 << b for b in range(8)], dtype=np.uint8)
 
 
+def code_dtype(level_sizes: "tuple[int, ...] | list[int]") -> np.dtype:
+    """The smallest integer type that holds every code of these levels (uint8 for levels of at most 256 codes)."""
+    top = max(level_sizes, default=1)
+    return np.dtype(np.uint8 if top <= 1 << 8 else np.int16 if top <= 1 << 15 else np.int32)
+
+
+def _index_dtype(largest: int) -> np.dtype:
+    """int32 for positions and keys up to 2**31 - 1 (every pool that fits this machine), else int64."""
+    return np.dtype(np.int32 if largest < np.iinfo(np.int32).max else np.int64)
+
+
+def _id_order(codes: np.ndarray, level_sizes: tuple[int, ...]) -> np.ndarray:
+    """Rows in lexicographic ID order, ties in row order (what ``np.lexsort(codes.T[::-1])`` gives)."""
+    if int(np.prod([float(s) for s in level_sizes])) >= 2 ** 62:  # the key would overflow: sort column by column
+        return np.lexsort(codes.T[::-1])
+    key = np.zeros(len(codes), dtype=np.int64)
+    for level, size in enumerate(level_sizes):
+        key *= size
+        key += codes[:, level]
+    return np.argsort(key, kind="stable")
+
+
 class SemanticIDTrie:
     def __init__(self, codes: np.ndarray, level_sizes: tuple[int, ...]):
         """Build from codes int [n, L+1] (duplicates allowed; n may be 0); ``level_sizes[l]`` codes at level l."""
-        codes = np.asarray(codes, dtype=np.int64)
-        if codes.ndim != 2 or codes.shape[1] != len(level_sizes):
+        codes = np.asarray(codes)
+        if codes.ndim != 2 or codes.shape[1] != len(level_sizes) or (codes.size and codes.dtype.kind not in "iu"):
             raise InvalidInputError(f"codes must be int [n, {len(level_sizes)}], got {codes.shape}")
-        if codes.size and ((codes < 0).any() or (codes >= np.asarray(level_sizes)).any()):
+        if codes.size and ((codes.min() < 0) or (codes.max(axis=0) >= np.asarray(level_sizes)).any()):
             raise InvalidInputError(f"codes out of range for level sizes {level_sizes}")
         self.level_sizes = tuple(int(s) for s in level_sizes)
+        self.code_dtype = code_dtype(self.level_sizes)
+        codes = codes.astype(self.code_dtype, copy=False)
         self.source_digest = array_digest(codes)
-        order = np.lexsort(codes.T[::-1])  # rows in lexicographic ID order
+        n = len(codes)
+        rows = _index_dtype(n)
+        order = _id_order(codes, self.level_sizes).astype(rows)  # rows in lexicographic ID order
         ordered = codes[order]
-        new_id = np.ones(len(ordered), dtype=bool)
-        if len(ordered) > 1:
+        new_id = np.ones(n, dtype=bool)
+        if n > 1:
             new_id[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
-        self.ids = ordered[new_id]  # int64 [U, L+1], sorted distinct IDs
-        # leaf of every input row, and the input rows grouped by leaf (a bucket per distinct ID, rows ascending).
-        self.item_leaf = np.empty(len(codes), dtype=np.int64)
-        self.item_leaf[order] = np.cumsum(new_id) - 1
+        self.ids = ordered[new_id]  # [U, L+1] in code_dtype, sorted distinct IDs
+        del ordered
+        # the input rows grouped by leaf: a bucket per distinct ID, rows ascending
         self.bucket_items = order
-        self.bucket_offsets = np.concatenate([np.flatnonzero(new_id), [len(codes)]]).astype(np.int64)
+        self.bucket_offsets = np.concatenate([np.flatnonzero(new_id), [n]]).astype(rows)
+        del new_id
         self._build_levels()
         self.bitmaps = [self._bitmap(level) for level in range(self.depth)]
         self._device_arrays: dict[str, list[torch.Tensor]] = {}
@@ -68,22 +101,24 @@ class SemanticIDTrie:
             new = prev_new.copy()
             if len(ids) > 1:
                 new[1:] |= ids[1:, level] != ids[:-1, level]
-            parent = np.cumsum(prev_new)[new] - 1  # level-l node of each level-(l+1) node
             n_nodes = max(int(prev_new.sum()), 1)  # an empty trie keeps its root
+            nodes = _index_dtype(n_nodes * self.level_sizes[level])
+            parent = (np.cumsum(prev_new, dtype=np.int64)[new] - 1).astype(nodes)  # level-l node of each child
             codes = ids[new, level]
             self.child_codes.append(codes)
-            self.num_children.append(np.bincount(parent, minlength=n_nodes).astype(np.int64))
-            self.first_child.append(np.concatenate([[0], np.cumsum(self.num_children[-1])[:-1]]).astype(np.int64))
-            self.keys.append(parent * self.level_sizes[level] + codes)
+            counts = np.bincount(parent, minlength=n_nodes)
+            self.num_children.append(counts.astype(nodes))
+            self.first_child.append(np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(nodes))
+            self.keys.append(parent * nodes.type(self.level_sizes[level]) + codes.astype(nodes))
             prev_new = new
 
     def _bitmap(self, level: int) -> np.ndarray | None:
         """Packed child bitmap of a level (see the module docstring), or None where it would be too large."""
         n_nodes, row_bytes = self.num_nodes(level), (self.level_sizes[level] + 7) // 8
-        if n_nodes * row_bytes > max(BITMAP_MIN_BYTES, self.child_codes[level].nbytes):
+        if n_nodes * row_bytes > max(BITMAP_MIN_BYTES, 8 * len(self.child_codes[level])):
             return None
         parent = np.repeat(np.arange(n_nodes, dtype=np.int64), self.num_children[level])
-        bit = parent * (8 * row_bytes) + self.child_codes[level]
+        bit = parent * (8 * row_bytes) + self.child_codes[level].astype(np.int64)
         # (parent, code) pairs are distinct, so summing each byte's bit values sets exactly those bits
         packed = np.bincount(bit >> 3, weights=_BIT_VALUES[bit & 7], minlength=n_nodes * row_bytes)
         return packed.astype(np.uint8).reshape(n_nodes, row_bytes)
@@ -104,7 +139,17 @@ class SemanticIDTrie:
 
     def is_built_from(self, codes: np.ndarray) -> bool:
         """True iff this trie was built from exactly these codes (same rows, same order)."""
-        return array_digest(np.asarray(codes, dtype=np.int64)) == self.source_digest
+        codes = np.asarray(codes)
+        if codes.size and (codes.min() < 0 or codes.max() >= max(self.level_sizes)):
+            return False
+        return array_digest(codes.astype(self.code_dtype, copy=False)) == self.source_digest
+
+    @property
+    def item_leaf(self) -> np.ndarray:
+        """Leaf of every input row: int64 [n] (computed on demand; searches read the buckets instead)."""
+        leaf = np.empty(len(self.bucket_items), dtype=np.int64)
+        leaf[self.bucket_items] = np.repeat(np.arange(self.num_ids, dtype=np.int64), self.bucket_sizes)
+        return leaf
 
     def bucket(self, leaf: int) -> np.ndarray:
         """Input rows whose ID is ``ids[leaf]``, ascending."""
@@ -146,8 +191,8 @@ class SemanticIDTrie:
         """``allowed_mask`` from the child lists: work proportional to the nodes' children."""
         arrays = self._arrays(nodes.device)
         n_codes = self.level_sizes[level]
-        first = arrays["first_child"][level][nodes]
-        count = arrays["num_children"][level][nodes]
+        first = arrays["first_child"][level][nodes].long()
+        count = arrays["num_children"][level][nodes].long()
         total = int(count.sum())
         # child list positions: the concatenation of [first_r, first_r + count_r) over the rows
         starts = torch.cumsum(count, 0) - count
@@ -156,7 +201,7 @@ class SemanticIDTrie:
         row_base = torch.repeat_interleave(torch.arange(len(nodes), device=nodes.device) * n_codes, count,
                                            output_size=total)
         mask = torch.zeros(len(nodes) * n_codes, dtype=torch.bool, device=nodes.device)
-        mask[row_base + arrays["child_codes"][level][position]] = True
+        mask[row_base + arrays["child_codes"][level][position].long()] = True
         return mask.view(len(nodes), n_codes)
 
     def child_nodes(self, level: int, nodes: torch.Tensor, allowed: torch.Tensor, rows: torch.Tensor,
@@ -165,7 +210,7 @@ class SemanticIDTrie:
         ``allowed = allowed_mask(level, nodes)``: the parent's first child plus the code's rank among its allowed
         codes, read from the mask instead of searching the pool's keys. Pairs the mask does not allow give an
         arbitrary in-range node (padding beams)."""
-        first = self._arrays(nodes.device)["first_child"][level][nodes[rows]]
+        first = self._arrays(nodes.device)["first_child"][level][nodes[rows]].long()
         rank = allowed.cumsum(1, dtype=torch.int64)[rows, codes]  # allowed codes up to and including the code
         return (first + rank - 1).clamp_(0, max(len(self.child_codes[level]) - 1, 0))
 
@@ -173,7 +218,7 @@ class SemanticIDTrie:
         """Level-(level+1) node ids reached from level-``level`` nodes by ``codes`` (int64 [R] each). The pairs
         must exist (as guaranteed by ``allowed_mask``); others give an arbitrary in-range node."""
         keys = self._arrays(nodes.device)["keys"][level]
-        pos = torch.searchsorted(keys, nodes * self.level_sizes[level] + codes)
+        pos = torch.searchsorted(keys, (nodes * self.level_sizes[level] + codes).to(keys.dtype))
         return pos.clamp_max(max(keys.shape[0] - 1, 0))
 
     def lookup(self, codes: np.ndarray) -> np.ndarray:
@@ -186,7 +231,7 @@ class SemanticIDTrie:
         for level in range(self.depth):
             keys = self.keys[level]
             wanted = nodes * self.level_sizes[level] + codes[:, level]
-            nodes = np.searchsorted(keys, wanted).clip(max=len(keys) - 1)
+            nodes = np.searchsorted(keys, wanted).clip(max=len(keys) - 1).astype(np.int64)
             found &= keys[nodes] == wanted
         return np.where(found, nodes, -1)
 
@@ -205,8 +250,8 @@ class SemanticIDTrie:
             lo, hi = node, node + 1  # level-(level+1) nodes; descend to their leaves
             for deeper in range(level + 1, self.depth):
                 first, total = self.first_child[deeper], len(self.child_codes[deeper])
-                lo = first[lo] if lo < len(first) else total
-                hi = first[hi] if hi < len(first) else total
+                lo = int(first[lo]) if lo < len(first) else total
+                hi = int(first[hi]) if hi < len(first) else total
             ranges[level + 1] = (lo, hi)
         return ranges
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..atomic import sha256_file
 from ..errors import UnimirError
-from .store import Manifest
+from .store import Manifest, orphans
 
 
 def check_index(path: "str | Path") -> tuple[list[str], str]:
@@ -42,9 +42,13 @@ def check_index(path: "str | Path") -> tuple[list[str], str]:
         problems.append(f"{path}: the manifest counts {recorded} items per modality, the records hold {counts}")
     verified = (f"{len(m.checksums)} files match their recorded sizes and sha256 digests" if m.checksums else
                 "no digests recorded (saved by an older unimir): files present and loadable, contents not verified")
+    left = orphans(path, m)
+    leftovers = (f"\nnote: {len(left)} entr{'y' if len(left) == 1 else 'ies'} left by an interrupted write, not part "
+                 f"of the index ({', '.join(left[:5])}{' ...' if len(left) > 5 else ''}); 'unimir compact' removes "
+                 "them") if left else ""
     return problems, (f"ok: {path}: generation {m.generation}, {m.num_items} items in {len(m.segments)} segments; "
                       f"{verified}; records, vectors, FAISS partitions"
-                      f"{' and generative codes' if index.generative is not None else ''} agree")
+                      f"{' and generative codes' if index.generative is not None else ''} agree{leftovers}")
 
 
 def _media_problems(index) -> list[str]:

@@ -41,6 +41,7 @@ DEFAULT_PARAMS = {"efSearch": 64, "nprobe": 16}  # applied where the index has t
 MMAP_IVF = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
 MMAP_CODES = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
 TRAIN_MIN, TRAIN_PER_LIST, TRAIN_MAX = 20_000, 64, 1_000_000
+ADD_BATCH = 65_536
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,8 @@ class FaissStore(VectorStore):
         for code in np.unique(modality_codes):
             sel = np.flatnonzero(modality_codes == code).astype(np.int32)
             index = faiss.clone_index(self._template)
-            index.add(vectors[sel])
+            for start in range(0, len(sel), ADD_BATCH):  # a modality's rows are gathered a batch at a time
+                index.add(vectors[sel[start:start + ADD_BATCH]])
             self.dense_spec.apply_search_params(index)
             parts.append(_Partition(int(code), index, sel, first_row))
         self._count_deleted(parts)
@@ -274,6 +276,24 @@ class FaissStore(VectorStore):
                 pending, depth = np.asarray(again, dtype=np.int64), min(pool, depth * 4)
         return out  # type: ignore[return-value]
 
+    def reconstruct(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.zeros((len(rows), self.dim), np.float32)
+        filled = np.zeros(len(rows), bool)
+        for parts in list(self.segments.values()):
+            for p in parts:
+                if not p.ntotal:
+                    continue
+                local = rows - p.first_row  # a partition's rows are ascending segment rows of one modality
+                pos = np.searchsorted(p.rows, local).clip(max=p.ntotal - 1)
+                hit = (local >= 0) & (np.asarray(p.rows[pos]) == local)
+                if hit.any():
+                    out[hit] = _reconstruct(p.index, pos[hit].astype(np.int64))
+                    filled |= hit
+        if not filled.all():
+            raise IndexFormatError(f"row {int(rows[~filled][0])} has no stored vector")
+        return out
+
     def _search_parts(self, queries: np.ndarray, parts: list[_Partition], depth: int) -> list[Ranking]:
         all_scores, all_rows = [], []
         for p in parts:
@@ -293,6 +313,14 @@ class FaissStore(VectorStore):
             keep = r >= 0
             out.append(Ranking.from_scores(r[keep], s[keep]).top(depth))
         return out
+
+
+def _reconstruct(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
+    """Stored vectors of local ids; an IVF index first gets the id -> list map that reconstruction needs."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+        ivf.make_direct_map()
+    return index.reconstruct_batch(ids)
 
 
 def _read(path: Path, flags: int) -> faiss.Index:

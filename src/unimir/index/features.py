@@ -3,8 +3,10 @@
 Two layouts, one row per pool record in pool order, parts unit-norm (or zero where absent):
 
 * a ``.safetensors`` file with tensors ``image`` and ``text`` (float16/float32 [n, d]) and optionally
-  ``image_mask`` and ``text_mask`` (bool/uint8 [n]);
-* a folder with ``image.npy`` and ``text.npy`` (and optionally ``image_mask.npy``, ``text_mask.npy``).
+  ``image_mask`` and ``text_mask`` (bool/uint8 [n]) and ``joint`` (float16/float32 [n, d]: a vector the model
+  computed for each item as a whole, which then is the item's dense vector; see ``Features.joint``);
+* a folder with ``image.npy`` and ``text.npy`` (and optionally ``image_mask.npy``, ``text_mask.npy``,
+  ``joint.npy``).
 
 Missing masks are derived from the rows (a part is present where its row is non-zero). Arrays stay on disk:
 ``.npy`` files are memory-mapped and safetensors tensors are sliced through ``safe_open``, so building from
@@ -22,6 +24,7 @@ from ..errors import InvalidInputError
 
 PARTS = ("image", "text")
 MASKS = ("image_mask", "text_mask")
+JOINT = "joint"
 
 
 class _SafetensorsColumn:
@@ -55,7 +58,7 @@ def read_features(path: "str | Path") -> Features:
         raise InvalidInputError(f"{path}: features file not found")
     columns: dict[str, object] = {}
     if path.is_dir():
-        for name in PARTS + MASKS:
+        for name in PARTS + MASKS + (JOINT,):
             file = path / f"{name}.npy"
             if file.exists():
                 try:
@@ -68,7 +71,7 @@ def read_features(path: "str | Path") -> Features:
         try:
             with safe_open(str(path), framework="numpy") as f:
                 for name in f.keys():
-                    if name in PARTS + MASKS:
+                    if name in PARTS + MASKS + (JOINT,):
                         part = f.get_slice(name)
                         dtype = np.dtype({"F16": np.float16, "F32": np.float32, "BOOL": bool, "U8": np.uint8}
                                          .get(part.get_dtype(), np.float32))
@@ -95,4 +98,7 @@ def read_features(path: "str | Path") -> Features:
             mask = np.concatenate([np.any(np.asarray(part[s:s + 65536]) != 0, axis=1)  # type: ignore[index]
                                    for s in range(0, n, 65536)]) if n else np.zeros(0, bool)
         masks.append(mask)
-    return Features(image, text, masks[0], masks[1])  # type: ignore[arg-type]
+    joint = columns.get(JOINT)
+    if joint is not None and tuple(joint.shape) != tuple(image.shape):  # type: ignore[attr-defined]
+        raise InvalidInputError(f"{path}: 'joint' {joint.shape} must be [n, d] like the parts, {image.shape}")
+    return Features(image, text, masks[0], masks[1], joint)  # type: ignore[arg-type]

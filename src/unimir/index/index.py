@@ -1,9 +1,11 @@
 """``Index``: the one backend object. Build, load, add, delete, search; the CLI, the Python API and the server use it.
 
 Storage (see ``store.py``, ``segments.py``, ``records.py``): an index is a list of immutable segments committed
-by an atomic manifest switch; records live in SQLite, vectors once in fp16 (and in the vector store's own form),
-everything memory-mapped on load. An opened index holds per item only a modality byte and two int32 part
-positions in anonymous memory (plus what the generative trie needs when a generative model is loaded).
+by an atomic manifest switch; records live in SQLite, each item's dense vector once, in the vector store's own
+form (fp16 for ``flat``), everything memory-mapped on load. The items' parts (what generative training learns
+from) are stored too only with ``keep_parts`` (``unimir index --keep-parts``); otherwise ``features_at``
+re-encodes the records when training asks for them. An opened index holds per item a modality byte in anonymous
+memory (plus the compact generative codes and trie when a generative model is loaded).
 Global rows number the rows of all segments in order; deleted rows keep their number (tombstones) until
 ``compact`` rewrites the live rows into one segment.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import secrets
+import warnings
 import threading
 import time
 from collections.abc import Mapping
@@ -28,11 +31,11 @@ from ..data.mbeir import format_text, query_text
 from ..data.problems import Problems
 from ..data.records import Candidate, Modality, parse_modalities
 from ..encoders import EmbeddingCache, Encoder, Features, Item, fuse, fusion_of, load_encoder
-from ..errors import IndexFormatError, InvalidInputError, NotFoundError
+from ..errors import IndexFormatError, InvalidInputError, NotFoundError, UnimirError, UnimirWarning
 from ..ranking import Ranking
 from .dense import DenseSpec, FaissStore
 from .retrievers import DEFAULT_BEAMS, RETRIEVERS
-from .segments import CODES_FILE, Segment
+from .segments import CODES_FILE, IMAGE_BIT, TEXT_BIT, Segment
 from .store import (
     Manifest,
     SegmentEntry,
@@ -44,6 +47,7 @@ from .store import (
     now,
     previous_manifest,
     read_current,
+    remove_orphans,
     write_lock,
 )
 from .vectors import VectorStore
@@ -52,7 +56,8 @@ MODES = tuple(RETRIEVERS)
 MAX_K = 1000
 MAX_BEAMS = 256  # one limit for the CLI, the Python API and the server: beam search memory grows with B
 INDEX_MEDIA = "index:"  # img_path prefix of images stored inside the index directory (uploads)
-SEGMENT_ROWS = 262_144  # rows per segment when building from features (bounds the float32 working set)
+SEGMENT_ROWS = 262_144  # rows per segment when building from features (bounds the working set)
+FUSE_BATCH = 16_384  # rows fused at a time
 
 __all__ = ["Index", "SearchHit", "SearchResult", "MODES", "MAX_K", "MAX_BEAMS", "DEFAULT_BEAMS", "INDEX_MEDIA"]
 
@@ -119,16 +124,18 @@ class Index:
         self._generative = None
         self._generative_saved = True  # False once a new model is set and not yet written
         self._generative_skipped = False  # loaded with generative=False: the stored model is kept on commits
+        self._warned_fingerprint = False
         self._write_lock = threading.Lock()  # writers are serialised; searches read immutable snapshots
 
     # --- construction --------------------------------------------------------------------------------------
     @classmethod
     def _new(cls, encoder: "str | Encoder", dim: int, index: str, fusion_weights, root: Path,
-             device: str | None = None) -> "Index":
+             device: str | None = None, keep_parts: bool = False) -> "Index":
         spec = DenseSpec.parse(index)
         enc_spec = encoder if isinstance(encoder, str) else encoder.spec
         manifest = Manifest(encoder=enc_spec, dim=dim, index_spec=spec.spec, root=str(root), created=now(),
-                            fusion_weights=tuple(float(w) for w in fusion_weights))
+                            fusion_weights=tuple(float(w) for w in fusion_weights), parts=bool(keep_parts),
+                            encoder_fingerprint=None if isinstance(encoder, str) else encoder.fingerprint)
         return cls(manifest, FaissStore(dim, spec), root=root, encoder=None if isinstance(encoder, str) else encoder,
                    device=device)
 
@@ -138,14 +145,16 @@ class Index:
               fusion_weights: tuple[float, float] = (1.0, 1.0), problems: Problems | None = None,
               progress: bool = False, batch_size: int | None = None, cache: bool = True,
               features: "str | Path | Features | None" = None, allow_outside_root: bool = False,
-              device: str | None = None) -> "Index":
+              device: str | None = None, keep_parts: bool = False) -> "Index":
         """Encode a pool (M-BEIR jsonl, image folder, text file, or a list of Candidate) into a new index.
 
         ``features`` (a ``.safetensors`` file, a folder of ``.npy`` files or a :class:`Features`) gives the
         candidates' vectors computed elsewhere, one row per pool record in pool order; nothing is encoded then.
         Bad items are skipped and recorded in ``problems`` (``Problems(strict=True)`` fails on the first one).
         Saved atomically to ``out`` when given. Image paths that leave the data root are refused unless
-        ``allow_outside_root``; ``device`` (cpu, cuda) is where the encoder runs.
+        ``allow_outside_root``; ``device`` (cpu, cuda) is where the encoder runs. ``keep_parts`` stores each item's
+        fp16 parts besides its dense vector (about 1.5 KB more per part at d = 768): generative training then reads
+        them instead of re-encoding the pool, which an index built from ``features`` cannot do without them.
         """
         problems = problems if problems is not None else Problems()
         if out is not None:
@@ -165,11 +174,11 @@ class Index:
             enc = encoder
             if not isinstance(enc, str) and enc.dim != feats.dim:
                 raise InvalidInputError(f"features are {feats.dim}-d but encoder {enc.spec!r} is {enc.dim}-d")
-            idx = cls._new(enc, feats.dim, index, fusion_weights, root_path, device)
+            idx = cls._new(enc, feats.dim, index, fusion_weights, root_path, device, keep_parts)
             idx.add_features(candidates, feats, out=Path(out) if out is not None else None)
             return idx
         enc = load_encoder(encoder, device=device) if isinstance(encoder, str) else encoder
-        idx = cls._new(enc, enc.dim, index, fusion_weights, root_path, device)
+        idx = cls._new(enc, enc.dim, index, fusion_weights, root_path, device, keep_parts)
         idx.add(candidates, problems=problems, progress=progress, batch_size=batch_size, cache=cache, save=False)
         if not len(idx):
             raise InvalidInputError("no item could be indexed" + (f": {len(problems)} skipped, the first: "
@@ -191,8 +200,10 @@ class Index:
             m = Manifest.read(path)
             try:
                 store = FaissStore(m.dim, m.index_spec)
-                index = cls(m, store, path=path, root=Path(root) if root else None, encoder=encoder, device=device)
+                index = cls(m, store, path=path, root=Path(root) if root else None, encoder=None, device=device)
                 index._open_from(m, generative=generative)
+                if encoder is not None:
+                    index.encoder = encoder  # the same checks as any encoder swapped in
                 return index
             except (IndexFormatError, InvalidInputError) as exc:
                 # a writer (a compaction) may have replaced this version while it was being opened: try the new one
@@ -238,7 +249,7 @@ class Index:
         segments = []
         for entry in m.segments:
             seg = Segment.open(path / entry.name, entry.name, entry.first_row,
-                               path / entry.codes if entry.codes else None)
+                               path / entry.codes if entry.codes else None, parts=m.parts)
             if seg.rows != entry.rows:
                 raise IndexFormatError(f"{path / entry.name}: manifest says {entry.rows} rows, found {seg.rows}; "
                                        "rebuild the index")
@@ -273,9 +284,10 @@ class Index:
                                    "index holds; run 'unimir train' again")
         if any(s.codes is None for s in segments):
             raise IndexFormatError(f"{folder}: some segments have no generative codes; run 'unimir train' again")
-        width = retriever.quantizer.config.code_length
-        codes = np.concatenate([np.asarray(s.codes, dtype=np.int64) for s in segments]) if segments else \
-            np.zeros((0, width), np.int64)
+        width, dtype = retriever.quantizer.config.code_length, retriever.codes.dtype  # the trie's compact type
+        # each segment's codes file is read once into one compact array (uint8 for 256-code levels; v2 wrote int16)
+        codes = np.concatenate([np.asarray(s.codes).astype(dtype) for s in segments]) if segments else \
+            np.zeros((0, width), dtype)
         retriever.index_codes(codes)
         return retriever
 
@@ -314,7 +326,8 @@ class Index:
         clone.manifest.segments, clone.manifest.files, clone.manifest.generation = [], {}, 0
         clone.vectors.load_state(self.path / self.manifest.files["dense_template"])
         live = np.setdiff1d(np.arange(self._state.rows), self._state.deleted)
-        clone.add_features(*self._rows_content(live), out=path)
+        cands, stored, digests = self._rows_content(live)
+        clone.add_features(cands, stored.as_features(self.manifest.dim), digests, out=path)
         return path
 
     def _commit(self, path: Path, *, fresh: Sequence[Segment] = (), deleted: np.ndarray | None = None,
@@ -404,7 +417,8 @@ class Index:
         opened = {}
         for seg in fresh:
             e = entries[seg.name]
-            opened[seg.name] = Segment.open(path / e.name, e.name, e.first_row, path / e.codes if e.codes else None)
+            opened[seg.name] = Segment.open(path / e.name, e.name, e.first_row, path / e.codes if e.codes else None,
+                                            parts=self.manifest.parts)
             self.vectors.open_segment(e.name, path / e.name, e.first_row)
             seg.close()
         self._state = _make_state([opened.get(s.name, s) for s in self._state.segments], self._state.deleted)
@@ -438,7 +452,7 @@ class Index:
         g.save(folder, extra={"encoder": self.manifest.encoder}, with_codes=False)
         codes = np.asarray(g.codes)
         for entry in m.segments:
-            part = codes[entry.first_row:entry.first_row + entry.rows].astype(_code_dtype(g))
+            part = codes[entry.first_row:entry.first_row + entry.rows]
             np.save(folder / f"codes-{entry.name}.npy", part, allow_pickle=False)
             entry.codes = f"{name}/codes-{entry.name}.npy"
         fsync_tree(folder)
@@ -462,6 +476,7 @@ class Index:
             if enc.dim != self.manifest.dim:
                 raise InvalidInputError(f"encoder {enc.spec!r} is {enc.dim}-d but this index holds "
                                         f"{self.manifest.dim}-d vectors")
+            self._check_fingerprint(enc)
             self._encoder = enc
         return self._encoder
 
@@ -471,13 +486,38 @@ class Index:
         if encoder.spec != self.manifest.encoder or encoder.dim != self.manifest.dim:
             raise InvalidInputError(f"encoder {encoder.spec!r} ({encoder.dim}-d) does not match this index's "
                                     f"{self.manifest.encoder!r} ({self.manifest.dim}-d)")
+        self._check_fingerprint(encoder)
         self._encoder = encoder
         self.fusion = encoder.fusion
 
-    def fuse(self, features: Features) -> np.ndarray:
+    def _check_fingerprint(self, encoder: Encoder) -> None:
+        """Refuse an encoder that computes other vectors than the ones stored (new weights behind the same spec,
+        e.g. ``builtin`` before and after its default changed); warn where the index recorded no fingerprint."""
+        built_by = self.manifest.encoder_fingerprint
+        where = self.path or "this index"
+        if built_by is None:
+            if self.manifest.num_items and not self._warned_fingerprint:
+                self._warned_fingerprint = True
+                warnings.warn(f"{where}: the index records no encoder fingerprint (built by an older unimir or from "
+                              f"--features), so it cannot tell whether {encoder.spec!r} still computes its vectors; "
+                              "an old 'builtin' index holds ConSE vectors (today's 'builtin-conse'): rebuild it if "
+                              "results look wrong", UnimirWarning, stacklevel=3)
+            return
+        if encoder.fingerprint != built_by:
+            raise InvalidInputError(f"{where} was built by encoder {self.manifest.encoder!r} with fingerprint "
+                                    f"{built_by[:12]}, but {encoder.spec!r} now computes other vectors (fingerprint "
+                                    f"{encoder.fingerprint[:12]}); rebuild the index with 'unimir index'")
+
+    def fuse(self, features: Features, batch: int = FUSE_BATCH) -> np.ndarray:
         """Score-fusion vectors of parts, float32 [n, d], under this index's encoder policy and fusion weights:
-        the one place the index fuses."""
-        return fuse(features, self.fusion, self.manifest.fusion_weights)
+        the one place the index fuses. ``batch`` rows at a time, so that fusing a segment of fp16 parts needs its
+        float32 result and a few batches, not several float32 copies of all of it."""
+        if len(features) <= batch:
+            return fuse(features, self.fusion, self.manifest.fusion_weights)
+        out = np.empty((len(features), features.dim), np.float32)
+        for start in range(0, len(features), batch):
+            out[start:start + batch] = fuse(features[start:start + batch], self.fusion, self.manifest.fusion_weights)
+        return out
 
     # --- sizes and lookups -----------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -562,22 +602,55 @@ class Index:
         return CandidateRows(self)
 
     def features_at(self, rows: Sequence[int]) -> Features:
-        """float32 parts of global rows, read from the memory-mapped fp16 segments."""
+        """float32 parts of global rows: read from the memory-mapped fp16 segments where the index keeps parts,
+        else computed again by the index's encoder from the records (through the embedding cache, so rows encoded
+        before cost a lookup). An index built from ``--features`` without ``--keep-parts`` has no way back to its
+        parts and says so."""
         rows = np.asarray(rows, dtype=np.int64)
         state = self._state
         where = state.locate(rows)
         out = Features.empty(self.manifest.dim, len(rows))
+        missing = []
         for s in np.unique(where):
             seg, sel = state.segments[s], np.flatnonzero(where == s)
+            if not seg.has_parts:
+                missing.append(sel)
+                continue
             f = seg.features(rows[sel] - seg.first_row)
+            out.image[sel], out.text[sel], out.image_mask[sel], out.text_mask[sel] = \
+                f.image, f.text, f.image_mask, f.text_mask
+        if missing:
+            sel = np.concatenate(missing)
+            f = self._encode_rows(rows[sel])
             out.image[sel], out.text[sel], out.image_mask[sel], out.text_mask[sel] = \
                 f.image, f.text, f.image_mask, f.text_mask
         return out
 
+    def _encode_rows(self, rows: np.ndarray) -> Features:
+        """Parts of stored rows by encoding their records again (an index that keeps no parts)."""
+        where = self.path or "this index"
+        try:
+            encoder = self.encoder
+        except UnimirError as exc:
+            raise InvalidInputError(f"{where} keeps no part vectors and its encoder cannot compute them again "
+                                    f"({exc}); rebuild it with 'unimir index --keep-parts' (and --features)") from None
+        cands, digests = self.candidates_at(rows), self.digests_at(rows)
+        items = [Item(c.txt, self.image_path(c) if c.img_path else None, name=c.did, image_digest=d)
+                 for c, d in zip(cands, digests)]
+        cache = EmbeddingCache()
+        try:
+            feats, ok = encoder.encode(items, "candidate", cache=cache)
+        finally:
+            cache.close()
+        if not ok.all():
+            raise InvalidInputError(f"{where}: item {cands[int(np.flatnonzero(~ok)[0])].did!r} can no longer be "
+                                    "encoded (keeps no part vectors); restore its image or rebuild with --keep-parts")
+        return feats
+
     @property
     def features(self) -> Features:
         """Every row's parts as float32 (materialised: 8·d bytes per row; meant for training, not for serving)."""
-        return Features.concat([s.features() for s in self._state.segments], self.manifest.dim)
+        return self.features_at(np.arange(self._state.rows))
 
     @property
     def feature_rows(self) -> "_LazyFeatures":
@@ -586,7 +659,8 @@ class Index:
 
     @property
     def fused(self) -> "FusedRows":
-        """The candidates' fusion vectors as a lazy [rows, d] array: ``fused[rows]`` computes only those rows."""
+        """The candidates' stored dense vectors as a lazy [rows, d] array: ``fused[rows]`` reads only those rows
+        from the vector store (the vectors dense search scores with)."""
         return FusedRows(self)
 
     def image_path(self, cand: Candidate) -> Path:
@@ -665,9 +739,9 @@ class Index:
             self.vectors.train(self.fuse(features[pick]))
         for start in range(0, n, chunk):
             part = slice(start, min(n, start + chunk))
-            feats = features[part]
-            feats = Features(np.asarray(feats.image, np.float32), np.asarray(feats.text, np.float32),
-                             np.asarray(feats.image_mask, bool), np.asarray(feats.text_mask, bool))
+            feats = features[part]  # read in the file's own precision (fp16 parts: half the bytes of float32)
+            feats = Features(np.asarray(feats.image), np.asarray(feats.text), np.asarray(feats.image_mask, bool),
+                             np.asarray(feats.text_mask, bool), None if feats.joint is None else np.asarray(feats.joint))
             self._append(list(candidates[part]), feats, digests[part], save=out is not None, path=out)
 
     def _append(self, kept: list[Candidate], feats: Features, digests: list[str | None], *, save: bool = True,
@@ -683,8 +757,9 @@ class Index:
             codes = None
             if self._generative is not None:
                 codes = self._generative.quantizer.compute_codes(feats, codes_c0.astype(np.int64))
+                codes = codes.astype(self._generative.codes.dtype)
             name = f"mem-{time.monotonic_ns()}"
-            seg = Segment.from_features(name, first, kept, digests, feats, codes)
+            seg = Segment.from_features(name, first, kept, digests, feats, codes, keep_parts=self.manifest.parts)
             self.vectors.add_segment(name, self.fuse(feats), codes_c0, first)
             old_gen_codes = None if self._generative is None else self._generative.codes
             previous = self._state
@@ -784,8 +859,9 @@ class Index:
     def compact(self) -> int:
         """Rewrite the live rows into one segment (drops tombstones and merges segments); returns rows dropped.
 
-        Generative codes are carried over (no retraining); the vector store is rebuilt from the stored parts with
-        its trained template."""
+        Generative codes are carried over (no retraining); the vector store is rebuilt from its own stored vectors
+        with its trained template (a compressed store re-encodes its decoded vectors). Files that an interrupted
+        write of this index left behind (``unimir info --check`` lists them) are removed too."""
         with self._write_lock:
             state = self._state
             dropped = len(state.deleted)
@@ -794,9 +870,11 @@ class Index:
             codes = None if self._generative is None else np.asarray(self._generative.codes)[live]
             for seg in state.segments:
                 self.vectors.drop_segment(seg.name)
-            seg = Segment.from_features(f"mem-{time.monotonic_ns()}", 0, cands, digests, feats, codes)
+            name = f"mem-{time.monotonic_ns()}"
+            seg = Segment.from_features(name, 0, cands, digests, feats.parts, codes, keep_parts=True) \
+                if self.manifest.parts else Segment.without_parts(name, 0, cands, digests, feats.masks, codes)
             self.vectors.set_deleted(np.zeros(0, np.int64))
-            self.vectors.add_segment(seg.name, self.fuse(feats), seg.modality, 0)
+            self.vectors.add_segment(seg.name, feats.vectors, seg.modality, 0)
             self._state = _make_state([seg], np.zeros(0, np.int64))
             if self._generative is not None:
                 g = self._generative
@@ -806,10 +884,24 @@ class Index:
                     g.learned_rows, self._generative_saved = learned, False
             if self.path is not None:
                 self._commit(self.path, fresh=[seg], deleted=np.zeros(0, np.int64), replace=True)
+                with write_lock(self.path):
+                    remove_orphans(self.path, Manifest.read(self.path))
             return dropped
 
-    def _rows_content(self, rows: np.ndarray) -> tuple[list[Candidate], Features, list[str | None]]:
-        return self.candidates_at(rows), self.features_at(rows), self.digests_at(rows)
+    def _rows_content(self, rows: np.ndarray) -> tuple[list[Candidate], "_StoredRows", list[str | None]]:
+        """What a rewrite of ``rows`` carries over: records, stored vectors (and parts when kept), digests."""
+        return self.candidates_at(rows), self._stored_rows(rows), self.digests_at(rows)
+
+    def _stored_rows(self, rows: np.ndarray) -> "_StoredRows":
+        vectors = self.vectors.reconstruct(rows) if len(rows) else np.zeros((0, self.manifest.dim), np.float32)
+        masks = np.zeros(len(rows), np.uint8)
+        state = self._state
+        where = state.locate(rows)
+        for s in np.unique(where):
+            seg, sel = state.segments[s], np.flatnonzero(where == s)
+            masks[sel] = np.asarray(seg.masks[rows[sel] - seg.first_row])
+        parts = self.features_at(rows) if self.manifest.parts else None
+        return _StoredRows(vectors, masks, parts)
 
     # --- search --------------------------------------------------------------------------------------------
     @property
@@ -958,7 +1050,8 @@ class _LazyFeatures:
 
 
 class FusedRows:
-    """A lazy float32 [rows, d] array of fusion vectors: indexing with rows fuses those rows' stored parts."""
+    """A lazy float32 [rows, d] array of the stored dense vectors: indexing with rows reads those rows from the
+    vector store (exact for ``flat``, decoded for compressed stores)."""
 
     dtype = np.dtype(np.float32)
 
@@ -971,7 +1064,26 @@ class FusedRows:
 
     def __getitem__(self, rows) -> np.ndarray:
         rows = np.arange(self.shape[0])[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)
-        return self._index.fuse(self._index.features_at(np.atleast_1d(rows)))
+        return self._index.vectors.reconstruct(np.atleast_1d(rows))
+
+
+@dataclass
+class _StoredRows:
+    """Rows as an index stores them, for a rewrite (compaction, a copy): their dense vectors as the vector store
+    holds them (the one copy), part masks, and the parts where the index keeps them."""
+
+    vectors: np.ndarray  # float32 [n, d]
+    masks: np.ndarray  # uint8 [n], segments.IMAGE_BIT | TEXT_BIT
+    parts: Features | None
+
+    def as_features(self, dim: int) -> Features:
+        """Features whose dense vector is the stored one (as ``joint``), with the parts when kept, else zeros
+        (not stored: the copy keeps no parts either)."""
+        if self.parts is not None:
+            p = self.parts
+            return Features(p.image, p.text, p.image_mask, p.text_mask, self.vectors)
+        zeros = np.broadcast_to(np.zeros((1, dim), np.float32), (len(self.masks), dim))
+        return Features(zeros, zeros, (self.masks & IMAGE_BIT) != 0, (self.masks & TEXT_BIT) != 0, self.vectors)
 
 
 def _make_state(segments: list[Segment], deleted: np.ndarray) -> _State:
@@ -985,10 +1097,6 @@ def _generation_changed(path: Path, m: Manifest) -> bool:
         return Manifest.read(path).generation != m.generation
     except (IndexFormatError, NotFoundError):
         return False
-
-
-def _code_dtype(g) -> np.dtype:
-    return np.dtype(np.int16) if max(g.quantizer.level_sizes) <= np.iinfo(np.int16).max else np.dtype(np.int64)
 
 
 def _digest_or_none(path: Path) -> str | None:

@@ -32,7 +32,11 @@ from ..dirlock import LOCK_FILE, locked
 from ..errors import IndexFormatError, NotFoundError
 
 FORMAT = "unimir-index"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: versions this code opens. v2 (before 2026-12-02): every segment holds the items' fp16 parts; v3 adds
+#: ``parts`` (whether segments hold them) and ``encoder_fingerprint``, and stores generative codes compactly.
+#: A v2 index opens as one that keeps parts; its next commit writes a v3 manifest.
+READABLE_VERSIONS = (2, 3)
 MANIFEST = "manifest.json"
 REBUILD = "rebuild the index with 'unimir index'"
 #: names this code writes at the top of an index folder; a folder holding only these (and no manifest) is an
@@ -69,6 +73,10 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)  # index-level files: dense template, tombstones, generative
     deleted: int = 0
     generative: dict[str, Any] | None = None
+    #: whether segments store the items' fp16 parts (``--keep-parts``; v2 indexes always did)
+    parts: bool = True
+    #: ``Encoder.fingerprint`` of the encoder that built the index (None: built from features, or by an older unimir)
+    encoder_fingerprint: str | None = None
     #: relative path of every listed file -> {"size": bytes, "sha256": hex}, recorded when it was written
     checksums: dict[str, dict[str, Any]] = field(default_factory=dict)
     created: str = ""
@@ -110,10 +118,10 @@ class Manifest:
             raise IndexFormatError(f"{path}: the manifest is a JSON {type(data).__name__}, not an object; {REBUILD}")
         if data.get("format") != FORMAT:
             raise IndexFormatError(f"{path}: not a unimir index manifest")
-        if data.get("format_version") != FORMAT_VERSION:
+        if data.get("format_version") not in READABLE_VERSIONS:
             raise IndexFormatError(f"{path}: index format version {data.get('format_version')} is not supported "
-                                   f"by this unimir (expects {FORMAT_VERSION}); rebuild the index with "
-                                   "'unimir index'")
+                                   f"by this unimir (it reads versions {', '.join(map(str, READABLE_VERSIONS))}); "
+                                   "rebuild the index with 'unimir index'")
         problem = _manifest_problem(data)
         if problem:
             raise IndexFormatError(f"{path}: {problem}; {REBUILD}")
@@ -124,6 +132,8 @@ class Manifest:
             m.segments = [SegmentEntry(**s) for s in m.segments]  # type: ignore[arg-type]
         except (TypeError, ValueError) as exc:
             raise IndexFormatError(f"{path}: malformed manifest ({exc}); {REBUILD}") from None
+        if data["format_version"] == 2:  # v2 segments all hold parts; the next commit writes this as v3
+            m.parts, m.format_version = True, FORMAT_VERSION
         return m
 
 
@@ -170,7 +180,7 @@ def _manifest_problem(d: dict[str, Any]) -> str | None:
             or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in w)):
         return f"'fusion_weights' must be two numbers, got {w!r}"
     for key, kind in (("modality_counts", dict), ("checksums", dict), ("generative", (dict, type(None))),
-                      ("root", (str, type(None)))):
+                      ("root", (str, type(None))), ("parts", bool), ("encoder_fingerprint", (str, type(None)))):
         if key in d and not isinstance(d[key], kind):
             return f"{key!r} has the wrong type ({type(d[key]).__name__})"
     return None
@@ -266,6 +276,29 @@ def commit_manifest(directory: Path, manifest: Manifest, previous: Manifest | No
         if entry.name.endswith(".tmp") and is_temp_of(entry.name, MANIFEST):
             entry.unlink(missing_ok=True)
     fsync_dir(directory)
+
+
+def orphans(directory: Path, manifest: Manifest) -> list[str]:
+    """Names at the top of an index folder that this code writes (segments, templates, tombstones, generative
+    models, half-written ``.tmp`` entries) but the manifest does not list: leftovers of a writer that died
+    between writing and committing. Never anything else: media, the lock and the user's own files are not."""
+    listed = manifest.listed_files()
+    return sorted(e.name for e in directory.iterdir()
+                  if e.name not in listed and e.name != "media" and _OURS.match(e.name))
+
+
+def remove_orphans(directory: Path, manifest: Manifest) -> list[str]:
+    """Delete ``orphans`` (call under ``write_lock``, with the committed manifest); returns their names."""
+    names = orphans(directory, manifest)
+    for name in names:
+        entry = directory / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    if names:
+        fsync_dir(directory)
+    return names
 
 
 def clear_unfinished(directory: Path) -> None:

@@ -4,7 +4,8 @@ Shaped after txtai's ``ANN`` and pyserini's searchers, so that an external engin
 global integers that the store keeps next to each vector (a Milvus/Qdrant collection would store them as the
 primary key and the modality code as a payload field to filter on); segments are named, added and dropped as a
 unit (an engine would insert and delete by a segment field, and ``write_segment``/``open_segment`` would do
-nothing); deleted rows are excluded at search time, exactly. ``FaissStore`` (``dense.py``) is the first
+nothing); deleted rows are excluded at search time, exactly. The store is the one copy of each item's dense
+vector: ``reconstruct`` hands stored vectors back (generative re-ranking, compaction). ``FaissStore`` (``dense.py``) is the first
 implementation. Search results are :class:`~unimir.ranking.Ranking` objects with tie groups returned whole.
 """
 
@@ -65,6 +66,11 @@ class VectorStore(ABC):
     @abstractmethod
     def search(self, queries: np.ndarray, k: int, allowed: "Sequence[tuple[int, ...] | None]") -> list[Ranking]:
         """Top-k rows per query among the allowed modality codes (None = all), tie groups whole."""
+
+    @abstractmethod
+    def reconstruct(self, rows: np.ndarray) -> np.ndarray:
+        """The stored vectors of global rows (int64 [n]) as float32 [n, d], in the given order: exact for
+        uncompressed stores, the decoded approximation for compressed ones (PQ, SQ8)."""
 
     @abstractmethod
     def save_state(self, path: Path) -> None:
