@@ -259,8 +259,11 @@ def report(r: dict) -> str:
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for stage in ("quantizer", "generator"):
         s = r.get(stage)
-        if not s or "error" in s:
-            lines.append(f"| {stage} | error: {s.get('error') if s else 'not run'} ||||||||||")
+        if not s:
+            lines.append(f"| {stage} | not measured: the run was stopped at the deadline ||||||||||")
+            continue
+        if "error" in s:
+            lines.append(f"| {stage} | error: {s['error']} ||||||||||")
             continue
         per_epoch = s["pairs"] + s.get("pool_pairs", 0)
         lines.append(f"| {stage} | {per_epoch:,} | {s['batch_size']} | {s['steps']:,} | {s['train_s']:,.0f} | "
@@ -272,7 +275,8 @@ def report(r: dict) -> str:
         lines += ["", f"Quantizer `{q['spec']}`: loss {q['loss_last']:.3f} over the batches run. The loader alone "
                       f"read one full epoch, {q['loader_pairs']:,} (query, positive) pairs, in {q['loader_s']:.0f} s "
                       f"({q['loader_pairs'] / q['loader_s']:,.0f} pairs/s); coding all {q['coded_rows']:,} pool rows "
-                      f"took {q['code_s']:.0f} s ({q['distinct_ids']:,} distinct IDs). The peak includes both."]
+                      f"took {q['code_s']:.0f} s ({q['distinct_ids']:,} distinct IDs: {q['steps']:,} steps on synthetic data make "
+                      "no usable codebook, this is not a quality figure). The peak includes both."]
     if g and "error" not in g:
         lines += ["", f"Generator (default shape): loss {g['loss_last']:.3f}, teacher-forced exact-ID accuracy "
                       f"{g['exact_acc_last']:.3f} over the batches run (synthetic data; not a quality figure)."]
