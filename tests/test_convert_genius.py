@@ -185,7 +185,7 @@ def test_imported_generator_scores_as_the_plain_t5_forward(imported):
     index = Index.load(tmp / "idx")
     retriever = index.generative
     z = torch.from_numpy(retriever.quantizer.embed(index.features[:6]))
-    ids = torch.from_numpy(retriever.codes[[0, 1, 7, 20, 33]])
+    ids = torch.from_numpy(retriever.codes[[0, 1, 7, 20, 33]].astype(np.int64))
     genius_ids = ids.clone()
     genius_ids[:, 0] = torch.tensor([2, 0, 1])[ids[:, 0]]  # unimir modality -> GENIUS level-0 code
     ref = reference_t5(s2)

@@ -93,7 +93,8 @@ def run_in_process(*args) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def good_index(corpus, tiny_clip_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("fuzz") / "idx"
-    proc = run_cli("index", corpus["pool"], "--out", out, "--encoder", f"hf:{tiny_clip_dir}")
+    proc = run_cli("index", corpus["pool"], "--out", out, "--encoder", f"hf:{tiny_clip_dir}",
+                   "--keep-parts")  # parts stored, so that damaging them is a case
     assert proc.returncode == 0, proc.stderr
     check = run_cli("info", "--check", out)
     assert check.returncode == 0 and check.stdout.startswith("ok:") and "36 items" in check.stdout, check.stderr

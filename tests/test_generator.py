@@ -248,7 +248,8 @@ def test_residual_beam_search_finds_the_nearest_pool_id():
     trie = SemanticIDTrie(codes, (3, K, K))
     z = torch.randn(6, DIM, generator=gen)
     found = residual_beam_search(rq, z, trie, beams=trie.num_ids, first_codes=np.array([0, 1, 2, 0, 1, 2]))
-    recon = rq.modality_codebook[trie.ids[:, 0]] + rq.codebooks[0][trie.ids[:, 1]] + rq.codebooks[1][trie.ids[:, 2]]
+    ids = trie.ids.astype(np.int64)  # uint8 in the trie; torch would read a uint8 index as a mask
+    recon = rq.modality_codebook[ids[:, 0]] + rq.codebooks[0][ids[:, 1]] + rq.codebooks[1][ids[:, 2]]
     for i in range(6):
         errors = ((z[i] - recon) ** 2).sum(-1)
         errors[torch.as_tensor(trie.ids[:, 0] != i % 3)] = float("inf")

@@ -268,12 +268,12 @@ class GenerativeRetriever:
         trie = self._trie
         starts, ends = trie.bucket_offsets[leaves], trie.bucket_offsets[leaves + 1]
         if mode == "generative-rerank":
-            rows = trie.bucket_items[_concat_ranges(starts, ends)][:cap]
+            rows = trie.bucket_items[_concat_ranges(starts, ends)][:cap].astype(np.int64)
             return _cut(Ranking.from_scores(rows, _cosines(cand_fused, rows, qf)), k)
         # plain GENIUS: only the buckets up to the one that reaches k are needed
         n_buckets = int(np.searchsorted(np.cumsum(ends - starts), k)) + 1
         starts, ends, beam_scores = starts[:n_buckets], ends[:n_buckets], beam_scores[:n_buckets]
-        rows = trie.bucket_items[_concat_ranges(starts, ends)]
+        rows = trie.bucket_items[_concat_ranges(starts, ends)].astype(np.int64)  # int32 in the trie
         beam = np.repeat(np.arange(len(starts)), ends - starts)
         if cand_fused is None:
             return Ranking(rows, beam_scores[beam].astype(np.float32), beam.astype(np.int64))
@@ -296,7 +296,7 @@ class GenerativeRetriever:
             positions = np.arange(lo, hi) if inner is None else \
                 np.concatenate([np.arange(lo, inner[0]), np.arange(inner[1], hi)])
             inner = (lo, hi)
-            rows = trie.bucket_items[positions]
+            rows = trie.bucket_items[positions].astype(np.int64)
             if allowed is not None:
                 rows = rows[allowed[self._codes[rows, 0]]]
             if qf is None:

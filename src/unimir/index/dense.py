@@ -318,7 +318,9 @@ class FaissStore(VectorStore):
 def _reconstruct(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
     """Stored vectors of local ids; an IVF index first gets the id -> list map that reconstruction needs."""
     ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+    if ivf is None:  # one call per row: faster than reconstruct_batch's OpenMP region for the few rows asked
+        return np.stack([index.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros((0, index.d), np.float32)
+    if ivf.direct_map.type == faiss.DirectMap.NoMap:
         ivf.make_direct_map()
     return index.reconstruct_batch(ids)
 
