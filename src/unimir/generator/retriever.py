@@ -34,6 +34,7 @@ from ..quantizer.pairs import TrainingPairs
 from ..quantizer.stats import CollisionStats, collision_stats
 from ..quantizer.train import QuantizerTrainReport
 from ..ranking import Ranking
+from .augment import group_offsets, modality_of, shifted_pool_inputs
 from .beam import BeamSearchResult, constrained_beam_search, residual_beam_search
 from .model import GeneratorConfig, IDGenerator
 from .train import GeneratorTrainConfig, GeneratorTrainReport, train_generator
@@ -140,9 +141,16 @@ class GenerativeRetriever:
         if pool is not None and config.pool_pairs:
             z_pool = q.embed(pool[0])
             pool_codes = q.codes_from_embeddings(z_pool, pool[1])
-            z_q, z_p = np.concatenate([z_q, z_pool]), np.concatenate([z_p, z_pool])
-            targets = np.concatenate([targets, pool_codes])
-            noise = np.concatenate([noise, np.full(len(z_pool), config.pool_noise, np.float32)])
+            inputs, pool_targets = z_pool, pool_codes
+            if config.pool_shift:
+                offsets = group_offsets(z_q, z_p, modality_of(pairs.queries), pairs.query_targets)
+                rows, shifted = shifted_pool_inputs(z_pool, np.asarray(pool[1]), offsets,
+                                                    np.random.default_rng([config.seed, 13]))
+                inputs, pool_targets = np.concatenate([z_pool, shifted]), np.concatenate([pool_codes,
+                                                                                          pool_codes[rows]])
+            z_q, z_p = np.concatenate([z_q, inputs]), np.concatenate([z_p, inputs])
+            targets = np.concatenate([targets, pool_targets])
+            noise = np.concatenate([noise, np.full(len(inputs), config.pool_noise, np.float32)])
         report = train_generator(self.generator, z_q, z_p, targets, config, progress=progress,
                                  checkpoint_path=checkpoint_path, resume=resume, noise=noise, validate=validate,
                                  log=log)
