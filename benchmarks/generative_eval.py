@@ -31,7 +31,7 @@ class MemoEncoder:
     def __init__(self, inner):
         from unimir.encoders import EmbeddingCache
 
-        self.inner, self.spec, self.dim = inner, inner.spec, inner.dim
+        self.inner, self.spec, self.dim, self.fusion = inner, inner.spec, inner.dim, inner.fusion
         self.memo: dict[tuple, Any] = {}
         self.cache = EmbeddingCache()  # evaluation passes none; query images are the slow part
 

@@ -8,6 +8,7 @@ import pytest
 
 from unimir.encoders import Features
 from unimir.generator import GeneratorConfig, GeneratorTrainConfig, GenerativeRetriever, IDGenerator
+from unimir.generator.augment import group_offsets, modality_of, shifted_pool_inputs
 from unimir.generator.train import train_generator
 from unimir.index.features import read_features
 from unimir.quantizer import QuantizerConfig, QuantizerTrainConfig, SemanticQuantizer, TrainingPairs
@@ -96,7 +97,8 @@ def test_quantizer_stage_gives_the_same_losses_from_memory_maps(two_ways):
 
 
 def test_generator_stage_matches_the_eager_inputs_it_replaced(two_ways):
-    """Reference: the old fit_generator, which embedded every pair and pool row up front into [n, d] arrays."""
+    """Reference: the old fit_generator, which embedded every pair, pool row and gap-shifted pool row up front into
+    [n, d] arrays (``augment.shifted_pool_inputs``)."""
     in_ram, mapped = two_ways
     q, _ = _quantizer(in_ram)
     config = GeneratorTrainConfig(batch_size=16, epochs=3, lr=3e-3, pool_noise=0.3, query_noise=0.1)
@@ -105,11 +107,17 @@ def test_generator_stage_matches_the_eager_inputs_it_replaced(two_ways):
     rows, inverse = np.unique(in_ram.positives, return_inverse=True)
     z_cand = q.embed(in_ram.candidates[rows])
     targets = q.codes_from_embeddings(z_cand, in_ram.candidate_modalities[rows])[inverse]
-    z_pool = q.embed(pool[0])
-    z_q = np.concatenate([q.embed(in_ram.queries), z_pool])
-    z_p = np.concatenate([z_cand[inverse], z_pool])
-    targets = np.concatenate([targets, q.codes_from_embeddings(z_pool, pool[1])])
-    noise = np.concatenate([np.full(len(in_ram), 0.1, np.float32), np.full(len(z_pool), 0.3, np.float32)])
+    z_pool, z_queries = q.embed(pool[0]), q.embed(in_ram.queries)
+    pool_codes = q.codes_from_embeddings(z_pool, pool[1])
+    offsets = group_offsets(z_queries, z_cand[inverse], modality_of(in_ram.queries), in_ram.query_targets)
+    shifted_rows, shifted = shifted_pool_inputs(z_pool, np.asarray(pool[1]), offsets,
+                                                np.random.default_rng([config.seed, 13]))
+    assert len(shifted_rows)  # the gap-shifted pairs (on by default) are part of what is compared
+    z_q = np.concatenate([z_queries, z_pool, shifted])
+    z_p = np.concatenate([z_cand[inverse], z_pool, shifted])
+    targets = np.concatenate([targets, pool_codes, pool_codes[shifted_rows]])
+    noise = np.concatenate([np.full(len(in_ram), 0.1, np.float32),
+                            np.full(len(z_pool) + len(shifted), 0.3, np.float32)])
     shape = {"dim": DIM, "levels": q.config.levels, "codebook_size": q.config.codebook_size}
     eager = IDGenerator(GeneratorConfig.from_dict({**GEN.to_dict(), **shape}), seed=config.seed)
     eager.init_code_embeddings(q.codebooks(), seed=config.seed)

@@ -238,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pool-noise", type=_non_negative_float, default=None,
                    help="noise on index-time pool pairs (default 0.5)")
     s.add_argument("--no-pool-pairs", action="store_true", help="train on (query, positive) pairs only")
+    s.add_argument("--no-pool-shift", action="store_true", help="no gap-shifted copies of the pool pairs "
+                   "(each item's vector moved by its task's mean query-positive offset)")
 
     s = sub.add_parser("info", help="show an index's manifest, or verify its files with --check")
     s.add_argument("index_dir", type=_path, help="the index directory")
@@ -499,7 +501,7 @@ def cmd_train(args, progress: bool) -> int:
         generator_config=GeneratorTrainConfig(**pick(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                                      seed=args.seed, device=args.device, val_share=args.val_share,
                                                      patience=args.patience, pool_noise=args.pool_noise),
-                                              pool_pairs=not args.no_pool_pairs),
+                                              pool_pairs=not args.no_pool_pairs, pool_shift=not args.no_pool_shift),
         progress=progress, checkpoint_dir=args.checkpoint_dir, resume=args.resume, log=not args.quiet)
     if report.collisions is not None:
         c = report.collisions

@@ -34,6 +34,7 @@ from ..quantizer.pairs import FeatureRows, TrainingPairs, gather
 from ..quantizer.stats import CollisionStats, collision_stats
 from ..quantizer.train import QuantizerTrainReport
 from ..ranking import Ranking
+from .augment import group_offsets, modality_of, shift, shift_plan
 from .beam import BeamSearchResult, constrained_beam_search, residual_beam_search
 from .model import GeneratorConfig, IDGenerator
 from .train import GeneratorTrainConfig, GeneratorTrainReport, train_generator
@@ -142,10 +143,21 @@ class GenerativeRetriever:
         noise = np.full(len(pairs), config.query_noise, np.float32)
         if pool is not None and config.pool_pairs:
             pool_rows = FeatureRows(pool[0])
+            pool_codes = q.compute_codes(pool_rows, pool[1])
             queries.append(pool_rows)
             positives.append(pool_rows)  # a self-pair: the item's own vector -> its ID
-            targets = np.concatenate([targets, q.compute_codes(pool_rows, pool[1])])
+            targets = np.concatenate([targets, pool_codes])
             noise = np.concatenate([noise, np.full(len(pool_rows), config.pool_noise, np.float32)])
+            if config.pool_shift:
+                offsets = streamed_group_offsets(q, queries[0], positives[0], pairs.query_targets)
+                shifted_rows, choice, deltas = shift_plan(np.asarray(pool[1]), offsets,
+                                                          np.random.default_rng([config.seed, 13]))
+                if len(shifted_rows):
+                    shifted = Shifted(FeatureRows(pool[0], shifted_rows), choice, np.stack(deltas))
+                    queries.append(shifted)
+                    positives.append(shifted)
+                    targets = np.concatenate([targets, pool_codes[shifted_rows]])
+                    noise = np.concatenate([noise, np.full(len(shifted), config.pool_noise, np.float32)])
         z_q, z_p = Embedded(q, queries), Embedded(q, positives)
         report = train_generator(self.generator, z_q, z_p, targets, config, progress=progress,
                                  checkpoint_path=checkpoint_path, resume=resume, noise=noise, validate=validate,
@@ -399,8 +411,40 @@ class Embedded:
         part_of = np.searchsorted(self.starts, rows, side="right") - 1
         for p in np.unique(part_of):
             sel = part_of == p
-            out[sel] = self.quantizer.embed(gather(self.parts[p], rows[sel] - self.starts[p]))
+            src, local = self.parts[p], rows[sel] - self.starts[p]
+            out[sel] = src.embed(self.quantizer, local) if isinstance(src, Shifted) else \
+                self.quantizer.embed(gather(src, local))
         return out
+
+
+class Shifted:
+    """Gap-shifted pool inputs (``augment.py``) computed per batch: row i is normalize(z(items[i]) + the offset
+    ``deltas[choice[i]]``), so only the small offset table is held, never an [m, d] array."""
+
+    def __init__(self, items: FeatureRows, choice: np.ndarray, deltas: np.ndarray):
+        self.items, self.choice, self.deltas = items, np.asarray(choice, np.int64), np.asarray(deltas, np.float32)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def embed(self, quantizer: SemanticQuantizer, rows: np.ndarray) -> np.ndarray:
+        return shift(quantizer.embed(gather(self.items, rows)), self.deltas[self.choice[rows]])
+
+
+def streamed_group_offsets(quantizer: SemanticQuantizer, queries: FeatureRows, positives: FeatureRows,
+                           query_targets: np.ndarray, chunk: int = 8192) -> dict[tuple[int, int], tuple[np.ndarray, int]]:
+    """``augment.group_offsets`` over the training pairs, a chunk at a time (weighted means of the chunks' means)."""
+    sums: dict[tuple[int, int], np.ndarray] = {}
+    counts: dict[tuple[int, int], int] = {}
+    for start in range(0, len(queries), chunk):
+        part = slice(start, start + chunk)
+        fq = queries[part]
+        means = group_offsets(quantizer.embed(fq), quantizer.embed(positives[part]), modality_of(fq),
+                              np.asarray(query_targets)[part])
+        for key, (mean, n) in means.items():
+            sums[key] = sums.get(key, 0.0) + mean.astype(np.float64) * n
+            counts[key] = counts.get(key, 0) + n
+    return {key: ((sums[key] / counts[key]).astype(np.float32), counts[key]) for key in sums}
 
 
 def allowed_modalities(targets: Targets, n_queries: int) -> np.ndarray | None:

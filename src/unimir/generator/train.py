@@ -44,6 +44,7 @@ class GeneratorTrainConfig:
     # Generalisation (docs/bench/generative-ablation.md measures each):
     pool_pairs: bool = True  # index-time training: every indexed item's own vector -> its ID (DSI "indexing")
     pool_noise: float = 0.5  # relative norm of Gaussian noise on those self-pair inputs (regions, not points)
+    pool_shift: bool = True  # + one self-pair per item moved by its task's mean query-positive offset (augment.py)
     query_noise: float = 0.0  # the same for (query, positive) inputs, after mixing
     val_share: float = 0.1  # share of training targets held out as unseen validation targets (0: none)
     val_every: int = 2  # epochs between validation runs
