@@ -280,16 +280,25 @@ class FaissStore(VectorStore):
         rows = np.asarray(rows, dtype=np.int64)
         out = np.zeros((len(rows), self.dim), np.float32)
         filled = np.zeros(len(rows), bool)
+        # Rows sorted once; each partition looks only at the rows inside its segment's range, so the cost grows
+        # with the rows asked, not with (rows x partitions): re-ranking reads thousands of rows from many segments.
+        order = np.argsort(rows, kind="stable")
+        ranked = rows[order]
         for parts in list(self.segments.values()):
             for p in parts:
                 if not p.ntotal:
                     continue
-                local = rows - p.first_row  # a partition's rows are ascending segment rows of one modality
+                lo = np.searchsorted(ranked, p.first_row + int(p.rows[0]))
+                hi = np.searchsorted(ranked, p.first_row + int(p.rows[-1]), side="right")
+                if lo == hi:
+                    continue
+                sel = order[lo:hi]
+                local = rows[sel] - p.first_row  # a partition's rows are ascending segment rows of one modality
                 pos = np.searchsorted(p.rows, local).clip(max=p.ntotal - 1)
-                hit = (local >= 0) & (np.asarray(p.rows[pos]) == local)
+                hit = np.asarray(p.rows[pos]) == local
                 if hit.any():
-                    out[hit] = _reconstruct(p.index, pos[hit].astype(np.int64))
-                    filled |= hit
+                    out[sel[hit]] = _reconstruct(p.index, pos[hit].astype(np.int64))
+                    filled[sel[hit]] = True
         if not filled.all():
             raise IndexFormatError(f"row {int(rows[~filled][0])} has no stored vector")
         return out
@@ -316,13 +325,30 @@ class FaissStore(VectorStore):
 
 
 def _reconstruct(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
-    """Stored vectors of local ids; an IVF index first gets the id -> list map that reconstruction needs."""
+    """Stored vectors of local ids. Flat stores (float32 or fp16) are gathered from a zero-copy view of their codes
+    (memory-mapped when opened so); an IVF index first gets the id -> list map that reconstruction needs."""
+    flat = _flat_view(index)
+    if flat is not None:
+        return flat[ids].astype(np.float32)
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is None:  # one call per row: faster than reconstruct_batch's OpenMP region for the few rows asked
         return np.stack([index.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros((0, index.d), np.float32)
     if ivf.direct_map.type == faiss.DirectMap.NoMap:
         ivf.make_direct_map()
     return index.reconstruct_batch(ids)
+
+
+def _flat_view(index: faiss.Index) -> np.ndarray | None:
+    """The vectors of a ``Flat`` (float32) or ``SQfp16`` (float16) store as an [ntotal, d] view of its codes, or
+    None for any other kind of store."""
+    if isinstance(index, faiss.IndexFlat):
+        dtype = np.float32
+    elif isinstance(index, faiss.IndexScalarQuantizer) and index.sq.qtype == faiss.ScalarQuantizer.QT_fp16:
+        dtype = np.float16
+    else:
+        return None
+    codes = faiss.rev_swig_ptr(index.codes.data(), index.ntotal * index.code_size)
+    return np.frombuffer(codes, np.uint8).view(dtype).reshape(index.ntotal, index.d)
 
 
 def _read(path: Path, flags: int) -> faiss.Index:
