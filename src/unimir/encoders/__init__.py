@@ -30,8 +30,15 @@ def register(cls: "type[Encoder]") -> "type[Encoder]":
     return cls
 
 
+def _register_shipped() -> None:
+    """Import the families that ship with unimir (they register themselves). Done on first lookup, not when
+    ``unimir.encoders`` is imported: they import torch, which a CLI call that fails on its input never needs."""
+    from . import builtin, clip_sf, hf  # noqa: F401
+
+
 def _parse(spec: str) -> tuple["type[Encoder]", str | None]:
     """The class and argument named by ``spec``; InvalidInputError listing the families when it names none."""
+    _register_shipped()
     family, colon, argument = spec.partition(":")
     cls = ENCODERS.get(family)
     if cls is None or cls.takes_argument != bool(colon) or (colon and not argument):
@@ -72,7 +79,3 @@ def load_encoder(spec: str = "builtin", *, threads: int | None = None, reuse: bo
         if reuse:
             _LOADED[(spec, device)] = encoder
         return encoder
-
-
-# the families that ship with unimir register themselves on import
-from . import builtin, clip_sf, hf  # noqa: E402,F401
