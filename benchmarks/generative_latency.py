@@ -38,10 +38,10 @@ DIM, LEVELS, K = 384, 3, 256
 SIZES, QUICK_SIZES = (10_000, 100_000, 1_000_000), (10_000, 1_000_000)
 
 
-def _models() -> tuple[SemanticQuantizer, IDGenerator]:
-    quantizer = SemanticQuantizer(QuantizerConfig(dim=DIM, levels=LEVELS, codebook_size=K))
+def _models(dim: int = DIM) -> tuple[SemanticQuantizer, IDGenerator]:
+    quantizer = SemanticQuantizer(QuantizerConfig(dim=dim, levels=LEVELS, codebook_size=K))
     quantizer.net.rq.initialized.fill_(True)  # random codebooks stand in for trained ones
-    return quantizer, IDGenerator(GeneratorConfig(dim=DIM, levels=LEVELS, codebook_size=K)).eval()
+    return quantizer, IDGenerator(GeneratorConfig(dim=dim, levels=LEVELS, codebook_size=K)).eval()
 
 
 def _queries(n: int, rng: np.random.Generator) -> Features:

@@ -72,7 +72,7 @@ def test_train_then_search_and_eval_every_mode(corpus, tmp_path):
     out = tmp_path / "idx"
     unimir("index", corpus["pool"], "--out", out)
     proc = unimir("--threads", "1", "train", out, "--queries", corpus["t2i"], "--quantizer", "M3+RQ2x8",
-                  "--quantizer-epochs", "5",
+                  "--quantizer-epochs", "5", "--layers", "1", "--d-model", "64",  # small: 200 epochs in seconds
                   "--epochs", "200", "--batch-size", "36", "--val-share", "0")
     assert "semantic IDs:" in proc.stdout and "modes now available: dense, generative, generative-rerank, quantize" \
         in proc.stdout
@@ -159,8 +159,10 @@ def test_train_accepts_every_flag_once(corpus, tmp_path):
     config = manifest["generator"]["config"]
     assert config["num_layers"] == 1 and config["d_model"] == 32
     kept = {p.name for p in (tmp_path / "ckpt").iterdir()}
-    queries = {name for name in kept if name.startswith("query-features-")}  # encoded once, reused by --resume
-    assert kept - queries == {"quantizer", "generator"} and len(queries) == 1
+    # encoded once, reused by --resume: the queries' parts, and the candidates' (this index stores none)
+    queries = {name for name in kept if name.startswith("query-features-")}
+    candidates = {name for name in kept if name.startswith("candidate-features-")}
+    assert kept - queries - candidates == {"quantizer", "generator"} and len(queries) == len(candidates) == 1
 
 
 def test_progress_lines_without_a_terminal(corpus, tmp_path):

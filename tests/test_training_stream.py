@@ -137,7 +137,7 @@ def test_training_pairs_encode_each_paraphrase_once_into_fp16_files(corpus, tiny
     from unimir.data.mbeir import read_queries
     from unimir.index import Index
     from unimir.queries import load_instructions, prepare_queries
-    from unimir.training import QUERY_FEATURES, training_pairs
+    from unimir.training import CANDIDATE_FEATURES, QUERY_FEATURES, training_pairs
 
     index = Index.build(corpus["pool"], tmp_path / "idx", encoder=tiny_encoder)
     prepared = prepare_queries(read_queries(corpus["t2i"]), index, data_root=corpus["root"],
@@ -156,10 +156,13 @@ def test_training_pairs_encode_each_paraphrase_once_into_fp16_files(corpus, tiny
     np.testing.assert_allclose(got.text, want.text, atol=2e-3)  # fp16 storage
     np.testing.assert_array_equal(got.text_mask, want.text_mask)
     assert isinstance(pairs.queries.text, np.memmap) and pairs.queries.text.dtype == np.float16
-    np.testing.assert_array_equal(pairs.positive_features(np.arange(3)).image,
-                                  index.features_at(pairs.positives[:3]).image)
-    [folder] = list(work.iterdir())  # written under a temporary name, then renamed: nothing else is left
-    assert folder.name.startswith(QUERY_FEATURES)
+    # this index stores no parts: the candidates' are encoded once too, into fp16 files beside the queries'
+    assert isinstance(pairs.candidates.text, np.memmap) and len(pairs.candidates) == len(index)
+    np.testing.assert_allclose(pairs.positive_features(np.arange(3)).image,
+                               index.features_at(pairs.positives[:3]).image, atol=2e-3)
+    # written under a temporary name, then renamed: nothing else is left
+    folders = sorted(f.name for f in work.iterdir())
+    assert len(folders) == 2 and folders[0].startswith(CANDIDATE_FEATURES) and folders[1].startswith(QUERY_FEATURES)
 
     def no_encoding(*args, **kwargs):
         raise AssertionError("the queries were encoded again")
@@ -168,6 +171,20 @@ def test_training_pairs_encode_each_paraphrase_once_into_fp16_files(corpus, tiny
     again = training_pairs(index, [corpus["t2i"]], work_dir=work)  # same queries, same encoder: reused
     np.testing.assert_array_equal(again.query_rows, pairs.query_rows)
     np.testing.assert_array_equal(again.query_features().text, got.text)
+
+
+def test_an_index_that_stores_its_parts_is_trained_from_them_in_place(corpus, tiny_encoder, tmp_path):
+    from unimir.index import Index
+    from unimir.training import QUERY_FEATURES, training_pairs
+
+    index = Index.build(corpus["pool"], tmp_path / "idx", encoder=tiny_encoder, keep_parts=True)
+    assert index.stores_parts
+    work = tmp_path / "work"
+    pairs = training_pairs(index, [corpus["t2i"]], work_dir=work)
+    [folder] = list(work.iterdir())  # the queries' parts only
+    assert folder.name.startswith(QUERY_FEATURES)
+    np.testing.assert_array_equal(pairs.positive_features(np.arange(3)).image,
+                                  index.features_at(pairs.positives[:3]).image)
 
 
 def test_training_pairs_default_to_a_temporary_folder_that_goes_with_them(corpus, tiny_encoder, tmp_path):

