@@ -106,10 +106,13 @@ def run(work: Path, sizes: list[int], dim: int, rounds: int, threads: int, log=p
 
 
 def format_report(r: dict) -> str:
+    m = r["machine"]
+    sizes = ",".join(map(str, r["sizes"]))
     lines = ["# Generative latency through the product's Index, against pool size", "",
-             f"Made by `python -m benchmarks.index_latency --sizes {','.join(map(str, r['sizes']))} --dim {r['dim']} "
-             f"--rounds {r['rounds']} --threads {r['threads']}` on {r['machine']}. 1-minute load average "
-             f"{r['load_start']:.2f} at the start of the timed rounds, {r['load_end']:.2f} at the end.", "",
+             f"Made by `python -m benchmarks.index_latency --sizes {sizes} --dim {r['dim']} --rounds {r['rounds']} "
+             f"--threads {r['threads']}` on {m['cpu']} ({m['usable_cores']} cores), torch {m['versions'].get('torch')}, "
+             f"revision {m['revision']}, {m['date']}. 1-minute load average {r['load_start'][0]:.2f} at the start "
+             f"of the timed rounds, {r['load_end'][0]:.2f} at the end.", "",
              "One query per call through `Index.search_features` (k = 10, 50 beams, the query's target modality "
              "given), on flat (fp16) indexes built with `Index.build(..., features=)` from synthetic "
              "M-BEIR-shaped parts; CPU-default generator and combiner with random weights over random IDs "
@@ -140,11 +143,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sizes = sorted(int(s) for s in args.sizes.split(","))
     result = run(args.work, sizes, args.dim, args.rounds, args.threads, log=lambda s: print(s, file=sys.stderr))
+    if args.out:  # the measurements first: a report that fails to render loses nothing
+        args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     text = format_report(result)
     print(text)
     if args.out:
         args.out.write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
