@@ -110,7 +110,8 @@ def format_report(r: dict) -> str:
     sizes = ",".join(map(str, r["sizes"]))
     lines = ["# Generative latency through the product's Index, against pool size", "",
              f"Made by `python -m benchmarks.index_latency --sizes {sizes} --dim {r['dim']} --rounds {r['rounds']} "
-             f"--threads {r['threads']}` on {m['cpu']} ({m['usable_cores']} cores), torch {m['versions'].get('torch')}, "
+             f"--threads {r['threads']}` on {m['cpu']} ({m['usable_cores']} cores), "
+             f"torch {m['versions'].get('torch')}, "
              f"revision {m['revision']}, {m['date']}. 1-minute load average {r['load_start'][0]:.2f} at the start "
              f"of the timed rounds, {r['load_end'][0]:.2f} at the end.", "",
              "One query per call through `Index.search_features` (k = 10, 50 beams, the query's target modality "

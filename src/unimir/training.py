@@ -5,8 +5,9 @@ ID generator against those codes; ``all`` does both. Everything is stored in the
 
 Training streams, so that 1.1M M-BEIR training queries fit one machine (docs/bench/train-scale.md measures it):
 a pair is a (query row, candidate row) pair of ints; candidate rows are read from the index's memory-mapped fp16
-segments (or, for an index that stores no parts, from a folder of them encoded once), query rows from a folder of fp16 parts that :func:`training_pairs` encodes once and memory-maps, and each
-stage gathers one batch at a time through a DataLoader over row indices (``quantizer.pairs``). Every instruction
+segments (or, for an index that stores no parts, from a folder of them encoded once: :func:`candidate_features`),
+query rows from a folder of fp16 parts that :func:`training_pairs` encodes once and memory-maps, and each stage
+gathers one batch at a time through a DataLoader over row indices (``quantizer.pairs``). Every instruction
 paraphrase of a query is encoded once and is its own pair, rather than one paraphrase being drawn (and encoded)
 per epoch: encoding is the expensive step (an encoder in the training loop would encode every epoch again, 10-30
 epochs), over the epochs a per-epoch draw would encode most paraphrases anyway, and enumerating them gives each
