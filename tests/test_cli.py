@@ -72,7 +72,7 @@ def test_train_then_search_and_eval_every_mode(corpus, tmp_path):
     out = tmp_path / "idx"
     unimir("index", corpus["pool"], "--out", out)
     proc = unimir("--threads", "1", "train", out, "--queries", corpus["t2i"], "--quantizer", "M3+RQ2x8",
-                  "--quantizer-epochs", "5", "--layers", "1", "--d-model", "64",  # small: 200 epochs in seconds
+                  "--quantizer-epochs", "5", "--layers", "1", "--d-model", "64",  # small: this checks the CLI
                   "--epochs", "200", "--batch-size", "36", "--val-share", "0")
     assert "semantic IDs:" in proc.stdout and "modes now available: dense, generative, generative-rerank, quantize" \
         in proc.stdout
