@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer as RustTokenizer
 from torch import nn
 
 
@@ -118,8 +119,6 @@ class Tokenizer:
     ``tok(texts, truncation=False)["input_ids"]`` -> lists (token counts)."""
 
     def __init__(self, path: "str | Path"):
-        from tokenizers import Tokenizer as RustTokenizer
-
         self._path = str(path)
         self._plain = RustTokenizer.from_file(self._path)
         self._plain.no_truncation()
@@ -130,8 +129,6 @@ class Tokenizer:
         """One tokenizer per truncation length, configured once: the Rust object's settings are shared state."""
         tok = self._by_length.get(max_length)
         if tok is None:
-            from tokenizers import Tokenizer as RustTokenizer
-
             tok = RustTokenizer.from_file(self._path)
             if max_length is None:
                 tok.no_truncation()
