@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt $(LOCK)
 
 # A deliberate step: resolve pyproject.toml's ranges to today's newest releases, then `make test` before committing.
 lock: install
-	$(VENV)/bin/pip-compile --quiet --upgrade --extra serve --extra dev --extra bench -c constraints.txt \
+	$(VENV)/bin/pip-compile --quiet --upgrade --extra serve --extra dev --extra bench --extra data -c constraints.txt \
 	  --strip-extras --no-emit-index-url --no-emit-find-links -o $(LOCK) pyproject.toml
 	rm -f $(STAMP)
 	$(MAKE) install
@@ -53,8 +53,8 @@ bench-quick: install
 	$(PY) -m benchmarks --quick
 
 # Retrain the builtin encoder's image bridge (src/unimir/encoders/bridge.safetensors) from Debian's openclipart
-# packages (apt-get download; needs `apt-get update` once). Deterministic; a few minutes on 2 cores once the
-# Lite0 features are cached under build/bridge.
+# packages (apt-get download; needs `apt-get update` once) and pinned icon sets from the npm registry
+# (scripts/icon_pairs.py). Deterministic; a few minutes on 2 cores once the Lite0 features are cached under build/bridge.
 bridge: install
 	$(PY) scripts/build_bridge.py --work build/bridge --out src/unimir/encoders/bridge.safetensors
 

@@ -286,6 +286,14 @@ def compare_candidates(paths: list[Path], sets: dict, work: Path) -> None:
 
 # --- report ---------------------------------------------------------------------------------------------------
 
+def _icon_summary(icon_sets: list[dict]) -> str:
+    if not icon_sets:
+        return ""
+    licences = sorted({s["licence"] for s in icon_sets})
+    return (f" and {sum(s['icons'] for s in icon_sets)} icons from {len(icon_sets)} icon sets "
+            f"({', '.join(licences)}; listed with versions and hashes in the weight file's metadata)")
+
+
 def write_report(out: Path, res: dict, machine: dict, command: str) -> None:
     q, names = res["quality"], {"builtin-conse": "ConSE (`builtin-conse`)", "builtin": "bridge (`builtin`)"}
     lines = ["# The default encoder: trained bridge vs ConSE", "",
@@ -294,8 +302,9 @@ def write_report(out: Path, res: dict, machine: dict, command: str) -> None:
              f"{machine['revision']}. The machine was shared with other jobs (load average "
              f"{res['throughput']['load_min']:.1f}-{res['throughput']['load_max']:.1f} during the timed part).", "",
              f"Bridge weights: `{res['bridge']['file']}` ({res['bridge']['bytes'] / 1e6:.2f} MB, sha256 "
-             f"`{res['bridge']['sha256'][:16]}…`), trained on {res['bridge']['pairs']} openclipart drawings by "
-             "`scripts/build_bridge.py`; no demo-corpus drawing and no emoji was in its training data.", "",
+             f"`{res['bridge']['sha256'][:16]}…`), trained by `scripts/build_bridge.py` on "
+             f"{res['bridge']['pairs']} openclipart drawings" + _icon_summary(res['bridge'].get("icon_sets", []))
+             + "; no demo-corpus drawing and no emoji was in its training data.", "",
              "## Retrieval (recall, embedding cache off)", "",
              ("Lite0 ran once per image file (`--shared-features`: its pooled feature and ConSE vector cached, then "
               "each encoder's own image head applied), so both encoders saw identical network outputs; texts were "
@@ -341,7 +350,11 @@ def write_report(out: Path, res: dict, machine: dict, command: str) -> None:
               "`openclipart-png` + `openclipart-svg` (public domain), captions from the SVG titles, keywords and "
               "descriptions after dropping collection names, file-name titles and repeated theme names, plus a "
               "colour variant (\"a red apple\") where the drawing's dominant colour is clear; the demo corpus's "
-              "drawings are excluded by the sha256 of their source files. Three views per drawing (whole, cropped "
+              "drawings are excluded by the sha256 of their source files. Icon sets from the npm registry "
+              "(`scripts/icon_pairs.py`: pinned Iconify packages, MIT, ISC, Apache-2.0 or CC-BY, rendered with "
+              "resvg), captioned from icon names that read as descriptions, with style captions (\"a silhouette of "
+              "an owl\", \"a line drawing of a dog\") and, for monochrome filled icons drawn in a colour, \"a red "
+              "owl\". Three views per drawing (whole, cropped "
               "to the ink, mirrored crop), symmetric InfoNCE, three seeds averaged into one linear head; the "
               "settings were chosen on held-out kinds of drawing (the animals, food and plants folders left out of "
               "training: `--val-dirs animals,food,plants`), not on the sets above.", ""]
@@ -401,7 +414,8 @@ def main() -> None:
     meta = read_metadata(WEIGHTS_PATH)
     res["bridge"] = {"file": str(WEIGHTS_PATH.relative_to(REPO)), "bytes": WEIGHTS_PATH.stat().st_size,
                      "sha256": hashlib.sha256(WEIGHTS_PATH.read_bytes()).hexdigest(),
-                     "pairs": meta.get("pairs", {}).get("pairs", "?")}
+                     "pairs": meta.get("pairs", {}).get("pairs", "?"),
+                     "icon_sets": [src for src in meta.get("sources", []) if "icons" in src]}
     command = ("python -m benchmarks.default_encoder " + " ".join(sys.argv[1:])).strip()
     machine = describe()
     (args.work / "default-encoder.json").write_text(json.dumps({"results": res, "machine": machine,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Train the ``builtin`` encoder's image bridge (src/unimir/encoders/bridge.safetensors) from Debian clip-art.
+"""Train the ``builtin`` encoder's image bridge (src/unimir/encoders/bridge.safetensors) from clip-art and icons.
 
 Usage (from the repository root; ``make bridge`` runs exactly this)::
 
@@ -10,6 +10,10 @@ Steps, each cached under ``--work`` (never committed):
 1. **Sources.** ``apt-get download openclipart-png openclipart-svg`` (run ``apt-get update`` once first), unpacked
    with ``dpkg -x``. The Open Clip Art Library is dedicated to the **public domain** (the packages' copyright file,
    checked here). Each .deb's version and sha256 go into the weight file's metadata and ``--work/sources.json``.
+   Icon sets (MIT, ISC, Apache-2.0, CC-BY) from the npm registry, pinned by version and tarball sha256 and
+   rendered with resvg: see scripts/icon_pairs.py, which also gives their caption rules (``--no-icons`` leaves
+   them out). They are about four fifths of the pairs, and teach concepts and styles (silhouettes, line drawings)
+   that the 3,100 captioned openclipart drawings miss.
 2. **Pairs.** One PNG drawing, captioned from its SVG twin's metadata (see ``captions_for``). Left out:
    every drawing the demo corpus uses (matched by the sha256 of the source file's bytes, so copies elsewhere in the
    library go too), images over 20 megapixels, and drawings with no usable caption. No emoji font is read: emoji
@@ -274,9 +278,10 @@ def demo_corpus_hashes() -> set[str]:
 
 @dataclass
 class Pair:
-    rel: str  # PNG path under usr/share/openclipart/png
+    rel: str  # PNG path under usr/share/openclipart/png, or (source "icons") under --work
     sha256: str
     captions: list[str]
+    source: str = "openclipart"
 
 
 def build_pairs(root: Path) -> tuple[list[Pair], list[Pair], dict]:
@@ -394,7 +399,7 @@ def view_images(image) -> list:
     return [image, ink, ImageOps.mirror(ink)]
 
 
-def extract_features(encoder, root: Path, pairs: list[Pair], cache_path: Path) -> dict[str, np.ndarray]:
+def extract_features(encoder, pairs: list[Pair], path_of, cache_path: Path) -> dict[str, np.ndarray]:
     """pooled [n, views, 1280] and conse [n, views, 384] (float32), cached by file sha256 in an .npz."""
     import torch
 
@@ -419,7 +424,7 @@ def extract_features(encoder, root: Path, pairs: list[Pair], cache_path: Path) -
         batch.clear()
 
     for p in todo:
-        batch.append((p.sha256, view_images(open_image(root / PNG_DIR / p.rel))))
+        batch.append((p.sha256, view_images(open_image(path_of(p)))))
         if len(batch) == 4:
             flush()
         done += 1
@@ -566,6 +571,18 @@ def validate(weights: dict, feats: dict, text_vecs: np.ndarray, caption_index: l
     return out
 
 
+def icons(work: Path, sources: list[dict], stats: dict) -> list[Pair]:
+    """The icon-set pairs (scripts/icon_pairs.py); their sources and counts join ``sources`` and ``stats``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from icon_pairs import icon_pairs
+
+    items, records, counts = icon_pairs(work, english_words())
+    sources += records
+    stats["icon pairs"] = counts
+    log(f"icon pairs: {len(items)} from {len(records)} sets")
+    return [Pair(rel, sha256_file(work / rel), caps, source="icons") for rel, caps in items]
+
+
 # --- main --------------------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
@@ -577,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-dirs", default="",
                     help="e.g. animals,food,plants: hold out these top-level folders (whole kinds of drawing, so the "
                          "validation measures transfer to unseen concepts), train on the rest, print recall; no output")
+    ap.add_argument("--no-icons", dest="icons", action="store_false",
+                    help="train on the openclipart drawings alone (the bridge shipped before the icon sets)")
     ap.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     ap.add_argument("--seeds", type=int, default=len(TrainConfig.seeds), help="number of heads averaged")
     ap.add_argument("--alpha", type=float, default=TrainConfig.alpha)
@@ -591,17 +610,24 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     root, sources = fetch_sources(args.work)
     pairs, images, stats = build_pairs(root)
-    (args.work / "pairs.json").write_text(json.dumps([p.__dict__ for p in pairs], indent=0))
-    log(f"pairs: {json.dumps(stats)}")
+    log(f"openclipart pairs: {json.dumps(stats)}")
     if args.stage == "pairs":
+        (args.work / "pairs.json").write_text(json.dumps([p.__dict__ for p in pairs], indent=0))
         return 0
     from unimir.encoders.builtin import ConseEncoder
 
     encoder = ConseEncoder()
-    feats = extract_features(encoder, root, pairs, args.work / "features.npz")
     colours = drawing_colours(root, pairs, args.work / "colours.json")
     for p in pairs:
         p.captions = with_colour(p.captions, colours[p.sha256])
+    if args.icons:
+        pairs += icons(args.work, sources, stats)
+
+    def path_of(p: Pair) -> Path:
+        return root / PNG_DIR / p.rel if p.source == "openclipart" else args.work / p.rel
+
+    feats = extract_features(encoder, pairs, path_of, args.work / "features.npz")
+    (args.work / "pairs.json").write_text(json.dumps([p.__dict__ for p in pairs], indent=0))
     text_vecs, texts = embed_captions(encoder, pairs, args.work / "captions.npz")
     if args.stage == "features":
         return 0

@@ -61,7 +61,7 @@ def test_weight_file_round_trip_and_shape_checks(tmp_path):
 
 
 # The shipped file is the one benchmarked in docs/bench/default-encoder.md; retraining changes this on purpose.
-SHIPPED_SHA256 = "2af5cfb2aa7922dedb0aa29fa89dcdbd185cf6ea142c0262fc182bf6e239c14b"
+SHIPPED_SHA256 = "20bb4dc398e3a701a2a87adef72193f6fd42665b985a9e3378f214af94aee56d"
 
 
 def test_shipped_weights_load_with_expected_shapes():
@@ -71,8 +71,13 @@ def test_shipped_weights_load_with_expected_shapes():
     assert {k: tuple(v.shape) for k, v in w.items()} == bridge_mod.KEYS
     assert all(torch.isfinite(v).all() for v in w.values()) and (w["feature_std"] > 0).all()
     meta = bridge_mod.read_metadata()
-    assert {s["package"] for s in meta["sources"]} == {"openclipart-png", "openclipart-svg"}
-    assert all(len(s["sha256"]) == 64 and "public domain" in s["licence"] for s in meta["sources"])
+    packages = {s["package"]: s for s in meta["sources"]}
+    assert {"openclipart-png", "openclipart-svg", "@iconify-json/game-icons"} <= set(packages)
+    assert all(len(s["sha256"]) == 64 for s in meta["sources"])
+    assert all("public domain" in packages[p]["licence"] for p in ("openclipart-png", "openclipart-svg"))
+    icon_licences = {s["licence"] for p, s in packages.items() if p.startswith("@iconify-json/")}
+    assert icon_licences <= {"MIT", "ISC", "Apache-2.0", "CC-BY-3.0", "CC-BY-4.0"}  # permissive only
+    assert not any("emoji" in p for p in packages)  # emoji images are reserved for evaluation
     assert bridge_mod.weights_digest() == SHIPPED_SHA256
 
 
@@ -169,3 +174,77 @@ def test_tiny_training_run_is_deterministic_and_learns():
     img = bridge_mod.bridge_forward(a, torch.from_numpy(pooled[:, 0]), torch.from_numpy(conse[:, 0])).numpy()
     top1 = (img @ text.T).argmax(1)
     assert (top1 == np.arange(n)).mean() > 0.9  # chance is 1/48
+
+
+def _icon_module():
+    _build_script()
+    if "icon_pairs" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("icon_pairs", REPO / "scripts" / "icon_pairs.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["icon_pairs"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["icon_pairs"]
+
+
+def test_icon_names_become_captions_only_when_they_describe_the_drawing():
+    ip = _icon_module()
+    vocab = {"barn", "owl", "bell", "dog", "house", "sun", "kview", "big", "red", "fox"}
+    vocab.discard("kview")
+    assert ip.caption_words("barn-owl", vocab) == "barn owl"
+    assert ip.caption_words("dog-house-2", vocab) == "dog house"  # a trailing variant number goes
+    assert ip.caption_words("sun-flat", vocab) == "sun"
+    for name in ("bell-off", "owl-outline", "kview", "2-dogs", "big-red-fox-house", "dog-emoji", "", "-"):
+        assert ip.caption_words(name, vocab) is None, name
+    assert ip.captions_for("owl", "silhouette", "orange") == ["owl", "a silhouette of an owl", "an orange owl"]
+    assert ip.captions_for("dog", "line", "black") == ["dog", "a line drawing of a dog"]
+    assert ip.captions_for("apple", "colour", "black") == ["apple", "an icon of an apple"]
+
+
+def _npm_tarball(path, icons, licence="MIT"):
+    import io
+    import json
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, obj in (("package/package.json", {"name": "x", "license": licence}),
+                          ("package/icons.json", {"prefix": "t", "width": 24, "height": 24, "icons": icons})):
+            data = json.dumps(obj).encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_icon_sets_are_checked_rendered_and_captioned(tmp_path, monkeypatch):
+    import hashlib
+
+    from PIL import Image
+
+    ip = _icon_module()
+    square = '<rect x="4" y="4" width="16" height="16" fill="currentColor"/>'
+    icons = {"owl": {"body": square}, "owl-outline": {"body": square}, "owl-2": {"body": square},
+             "bell-off": {"body": square}, "dog": {"body": '<circle cx="12" cy="12" r="8" fill="#00aa00"/>'}}
+    tgz = tmp_path / "npm" / "t-1.0.0.tgz"
+    tgz.parent.mkdir()
+    _npm_tarball(tgz, icons)
+    digest = hashlib.sha256(tgz.read_bytes()).hexdigest()
+    good = ip.IconSet("t", "1.0.0", digest, "MIT", "silhouette", "Someone")
+    monkeypatch.setattr(ip, "ICON_SETS", (good,))
+    items, records, counts = ip.icon_pairs(tmp_path, {"owl", "dog", "bell"})
+    assert [rel for rel, _ in items] == ["icons/t/dog.png", "icons/t/owl.png"]  # owl-2 repeats owl's caption
+    assert items[1][1][:2] == ["owl", "a silhouette of an owl"]
+    assert records == [{"package": "@iconify-json/t", "version": "1.0.0", "sha256": digest, "licence": "MIT",
+                        "author": "Someone", "icons": 2}] and counts == {"t": 2}
+    with Image.open(tmp_path / "icons/t/owl.png") as im:
+        assert im.size == (ip.CANVAS, ip.CANVAS)
+        colour = ip.PALETTE[int(hashlib.sha256(b"t/owl").hexdigest(), 16) % len(ip.PALETTE)][1]
+        centre, corner = im.convert("RGB").getpixel((96, 96)), im.convert("RGB").getpixel((2, 2))
+    assert corner == (255, 255, 255)
+    assert centre == tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))  # currentColor drawn in the caption's colour
+    assert items[1][1][2].endswith(" owl") and ip.PALETTE[[c for _, c in ip.PALETTE].index(colour)][0] in \
+        items[1][1][2]
+    with pytest.raises(ip.IconSourceError, match="sha256"):
+        ip.fetch_icon_set(ip.IconSet("t", "1.0.0", "0" * 64, "MIT", "line", "x"), tmp_path)
+    _npm_tarball(tgz, icons, licence="GPL-3.0")
+    relicensed = ip.IconSet("t", "1.0.0", hashlib.sha256(tgz.read_bytes()).hexdigest(), "MIT", "line", "x")
+    with pytest.raises(ip.IconSourceError, match="licence"):
+        ip.fetch_icon_set(relicensed, tmp_path)
