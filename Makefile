@@ -53,8 +53,8 @@ bench-quick: install
 	$(PY) -m benchmarks --quick
 
 # Retrain the builtin encoder's image bridge (src/unimir/encoders/bridge.safetensors) from Debian's openclipart
-# packages (apt-get download; needs `apt-get update` once) and pinned icon sets from the npm registry
-# (scripts/icon_pairs.py). Deterministic; a few minutes on 2 cores once the Lite0 features are cached under build/bridge.
+# packages (apt-get download; needs `apt-get update` once). Deterministic; a few minutes on 2 cores once the
+# Lite0 features are cached under build/bridge. `scripts/build_bridge.py --icons` adds the npm icon sets.
 bridge: install
 	$(PY) scripts/build_bridge.py --work build/bridge --out src/unimir/encoders/bridge.safetensors
 

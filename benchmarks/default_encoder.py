@@ -350,11 +350,13 @@ def write_report(out: Path, res: dict, machine: dict, command: str) -> None:
               "`openclipart-png` + `openclipart-svg` (public domain), captions from the SVG titles, keywords and "
               "descriptions after dropping collection names, file-name titles and repeated theme names, plus a "
               "colour variant (\"a red apple\") where the drawing's dominant colour is clear; the demo corpus's "
-              "drawings are excluded by the sha256 of their source files. Icon sets from the npm registry "
-              "(`scripts/icon_pairs.py`: pinned Iconify packages, MIT, ISC, Apache-2.0 or CC-BY, rendered with "
-              "resvg), captioned from icon names that read as descriptions, with style captions (\"a silhouette of "
-              "an owl\", \"a line drawing of a dog\") and, for monochrome filled icons drawn in a colour, \"a red "
-              "owl\". Three views per drawing (whole, cropped "
+              "drawings are excluded by the sha256 of their source files. "
+              + ("Icon sets from the npm registry (`--icons`, `scripts/icon_pairs.py`: pinned Iconify packages, MIT, "
+                 "ISC, Apache-2.0 or CC-BY, rendered with resvg), captioned from icon names that read as "
+                 "descriptions, with style captions (\"a silhouette of an owl\", \"a line drawing of a dog\") and, "
+                 "for monochrome filled icons drawn in a colour, \"a red owl\". "
+                 if res["bridge"].get("icon_sets") else "") +
+              "Three views per drawing (whole, cropped "
               "to the ink, mirrored crop), symmetric InfoNCE, three seeds averaged into one linear head; the "
               "settings were chosen on held-out kinds of drawing (the animals, food and plants folders left out of "
               "training: `--val-dirs animals,food,plants`), not on the sets above.", ""]

@@ -53,6 +53,15 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "val+stop+refit": ("val+stop + codebooks refitted on the pool's and queries' vectors after training",
                        {"pool_refit": True}, FORMER),
     "defaults": ("the current defaults", {}, {}),
+    "defaults+nostop": ("the defaults, validation kept but no early stopping (all 30 epochs)", {},
+                        {"patience": 0}),
+    "defaults+noshift": ("the defaults without gap-shifted pool pairs", {}, {"pool_shift": False}),
+    "defaults+noise1": ("the defaults, pool-pair noise 1.0", {}, {"pool_noise": 1.0}),
+    "defaults+qnoise": ("the defaults + noise 0.3 on the (query, positive) inputs", {}, {"query_noise": 0.3}),
+    "defaults+mix0.5": ("the defaults, half the (query, positive) inputs clean instead of mixed", {},
+                        {"mix_prob": 0.5}),
+    "defaults+noval": ("the defaults without a validation split (all targets trained, all 30 epochs)", {},
+                       {"val_share": 0.0, "patience": 0}),
 }
 # a one-epoch run that checks the script end to end (not part of the report)
 SMOKE = {"smoke": ("smoke test: one epoch of each stage", {"epochs": 1}, {"epochs": 1})}

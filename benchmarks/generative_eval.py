@@ -32,6 +32,7 @@ class MemoEncoder:
         from unimir.encoders import EmbeddingCache
 
         self.inner, self.spec, self.dim, self.fusion = inner, inner.spec, inner.dim, inner.fusion
+        self.fingerprint = inner.fingerprint  # the index checks that the encoder is the one that built it
         self.memo: dict[tuple, Any] = {}
         self.cache = EmbeddingCache()  # evaluation passes none; query images are the slow part
 
