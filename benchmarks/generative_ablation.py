@@ -60,6 +60,8 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "defaults+qnoise": ("the defaults + noise 0.3 on the (query, positive) inputs", {}, {"query_noise": 0.3}),
     "defaults+mix0.5": ("the defaults, half the (query, positive) inputs clean instead of mixed", {},
                         {"mix_prob": 0.5}),
+    "defaults+mix0.5+qnoise": ("the defaults, half the (query, positive) inputs unmixed, noise 0.3 on them", {},
+                               {"mix_prob": 0.5, "query_noise": 0.3}),
     "defaults+noval": ("the defaults without a validation split (all targets trained, all 30 epochs)", {},
                        {"val_share": 0.0, "patience": 0}),
 }
