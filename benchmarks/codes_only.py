@@ -51,15 +51,16 @@ class GenerativeCodes(_CodesOnly):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", default="0")
+    ap.add_argument("--variant", default="defaults", help="a benchmarks.generative_ablation variant (smoke: 1 epoch)")
     ap.add_argument("--out", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args(argv)
     ge.MODES = ge.MODES + ("quantize-codes", "generative-codes")
     seeds = [int(s) for s in args.seeds.split(",")]
     out = {}
     with tempfile.TemporaryDirectory(prefix="unimir-codes-") as tmp:
-        res = ablation.run(["defaults"], seeds, Path(tmp))
+        res = ablation.run([args.variant], seeds, Path(tmp))
     modes = ge.MODES
-    for seed, run in res["variants"]["defaults"]["seeds"].items():
+    for seed, run in res["variants"][args.variant]["seeds"].items():
         out[seed] = run["rows"]
         for setting in ("unseen, test pool", "unseen, union"):
             by = {(x["task"], x["mode"]): 100 * x["recall"][ge.HEADLINE] for x in run["rows"]
