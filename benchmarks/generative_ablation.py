@@ -1,6 +1,7 @@
 """Ablation of generative retrieval's generalisation settings on the demo corpus's unseen-target split.
 
-    python -m benchmarks.generative_ablation [--variants a,b,...] [--seeds 0,1,2] [--out docs/bench/generative-ablation.md]
+    python -m benchmarks.generative_ablation [--variants a,b,...] [--seeds 0,1,2] \
+        [--out docs/bench/generative-ablation.md]
     python -m benchmarks.generative_ablation --variants NAME --seeds S --parts DIR   # one process per part
     python -m benchmarks.generative_ablation --variants a,b,... --parts DIR --render
 

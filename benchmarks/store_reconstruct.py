@@ -20,7 +20,9 @@ def main() -> None:
         parts = []
         for code in range(3):
             idx = faiss.index_factory(d, "SQfp16", faiss.METRIC_INNER_PRODUCT)
-            x = rng.standard_normal((per_part, d)).astype(np.float32); idx.train(x[:100]); idx.add(x)
+            x = rng.standard_normal((per_part, d)).astype(np.float32)
+            idx.train(x[:100])
+            idx.add(x)
             parts.append(_Partition(code, idx, (np.arange(per_part) * 3 + code).astype(np.int32), s * per_part * 3))
         store.segments[f"s{s}"] = parts
     n = per_part * 24
@@ -36,8 +38,12 @@ def main() -> None:
         return out
     for k in (500, 5000, 50000):
         rows = rng.choice(n, k, replace=False)
-        t = time.perf_counter(); a = old(rows); t_old = time.perf_counter() - t
-        t = time.perf_counter(); b = store.reconstruct(rows); t_new = time.perf_counter() - t
+        t = time.perf_counter()
+        a = old(rows)
+        t_old = time.perf_counter() - t
+        t = time.perf_counter()
+        b = store.reconstruct(rows)
+        t_new = time.perf_counter() - t
         assert np.array_equal(a, b)
         print(f"{k} rows of {n}: old {t_old*1e3:.1f} ms, new {t_new*1e3:.1f} ms")
 

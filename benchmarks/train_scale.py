@@ -275,7 +275,8 @@ def report(r: dict) -> str:
         lines += ["", f"Quantizer `{q['spec']}`: loss {q['loss_last']:.3f} over the batches run. The loader alone "
                       f"read one full epoch, {q['loader_pairs']:,} (query, positive) pairs, in {q['loader_s']:.0f} s "
                       f"({q['loader_pairs'] / q['loader_s']:,.0f} pairs/s); coding all {q['coded_rows']:,} pool rows "
-                      f"took {q['code_s']:.0f} s ({q['distinct_ids']:,} distinct IDs: {q['steps']:,} steps on synthetic data make "
+                      f"took {q['code_s']:.0f} s ({q['distinct_ids']:,} distinct IDs: {q['steps']:,} steps on "
+                      "synthetic data make "
                       "no usable codebook, this is not a quality figure). The peak includes both."]
     if g and "error" not in g:
         lines += ["", f"Generator (default shape): loss {g['loss_last']:.3f}, teacher-forced exact-ID accuracy "

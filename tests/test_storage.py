@@ -321,7 +321,8 @@ def test_encoder_fingerprint_is_recorded_and_checked_by_the_cli(built, tmp_path)
 
     def search():
         return subprocess.run([sys.executable, "-m", "unimir", "--quiet", "search", str(tmp_path / "idx"),
-                               "--text", "a red circle", "--k", "2"], capture_output=True, text=True, env=env, timeout=300)
+                               "--text", "a red circle", "--k", "2"],
+                              capture_output=True, text=True, env=env, timeout=300)
 
     assert search().returncode == 0
     m["encoder_fingerprint"] = "0" * 64

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from unimir.encoders import Features
-from unimir.generator import GeneratorConfig, GeneratorTrainConfig, GenerativeRetriever, IDGenerator
+from unimir.generator import GenerativeRetriever, GeneratorConfig, GeneratorTrainConfig, IDGenerator
 from unimir.generator.augment import group_offsets, modality_of, shifted_pool_inputs
 from unimir.generator.train import train_generator
 from unimir.index.features import read_features

@@ -37,8 +37,8 @@ from .errors import InvalidInputError
 from .generator import GenerativeRetriever, GeneratorConfig, GeneratorTrainConfig
 from .index import Index
 from .index.features import read_features
-from .quantizer import QuantizerConfig, QuantizerTrainConfig, SemanticQuantizer, TrainingPairs
 from .progress import progress_bar
+from .quantizer import QuantizerConfig, QuantizerTrainConfig, SemanticQuantizer, TrainingPairs
 from .queries import load_instructions, mbeir_root, prepare_queries
 
 STAGES = ("quantizer", "generator", "index", "all")

@@ -432,7 +432,8 @@ class Shifted:
 
 
 def streamed_group_offsets(quantizer: SemanticQuantizer, queries: FeatureRows, positives: FeatureRows,
-                           query_targets: np.ndarray, chunk: int = 8192) -> dict[tuple[int, int], tuple[np.ndarray, int]]:
+                           query_targets: np.ndarray,
+                           chunk: int = 8192) -> dict[tuple[int, int], tuple[np.ndarray, int]]:
     """``augment.group_offsets`` over the training pairs, a chunk at a time (weighted means of the chunks' means)."""
     sums: dict[tuple[int, int], np.ndarray] = {}
     counts: dict[tuple[int, int], int] = {}

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import copy
 import secrets
-import warnings
 import threading
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -750,8 +750,9 @@ class Index:
         for start in range(0, n, chunk):
             part = slice(start, min(n, start + chunk))
             feats = features[part]  # read in the file's own precision (fp16 parts: half the bytes of float32)
+            joint = None if feats.joint is None else np.asarray(feats.joint)
             feats = Features(np.asarray(feats.image), np.asarray(feats.text), np.asarray(feats.image_mask, bool),
-                             np.asarray(feats.text_mask, bool), None if feats.joint is None else np.asarray(feats.joint))
+                             np.asarray(feats.text_mask, bool), joint)
             self._append(list(candidates[part]), feats, digests[part], save=out is not None, path=out)
 
     def _append(self, kept: list[Candidate], feats: Features, digests: list[str | None], *, save: bool = True,

@@ -5,8 +5,9 @@ global integers that the store keeps next to each vector (a Milvus/Qdrant collec
 primary key and the modality code as a payload field to filter on); segments are named, added and dropped as a
 unit (an engine would insert and delete by a segment field, and ``write_segment``/``open_segment`` would do
 nothing); deleted rows are excluded at search time, exactly. The store is the one copy of each item's dense
-vector: ``reconstruct`` hands stored vectors back (generative re-ranking, compaction). ``FaissStore`` (``dense.py``) is the first
-implementation. Search results are :class:`~unimir.ranking.Ranking` objects with tie groups returned whole.
+vector: ``reconstruct`` hands stored vectors back (generative re-ranking, compaction). ``FaissStore``
+(``dense.py``) is the first implementation. Search results are :class:`~unimir.ranking.Ranking` objects with tie
+groups returned whole.
 """
 
 from __future__ import annotations
