@@ -15,8 +15,8 @@ Each drawing also gets style captions: "a silhouette of an owl" for the filled g
 dog" for the stroke sets, "an icon of ..." for the others. Monochrome filled icons are drawn in one of ten colours
 (chosen by a hash of the name, so deterministic) and also captioned "a red owl"; stroke icons are drawn black.
 
-Rendering: resvg (the ``resvg-py`` wheel, in the ``build`` extra) at 160 px on a white 192 px canvas, the size the
-demo corpus's drawings have; PNGs are cached under ``--work/icons``.
+Rendering: resvg (the ``resvg-py`` wheel, in the ``data`` extra and the lock) at 160 px on a white 192 px canvas,
+the size the demo corpus's drawings have; PNGs are cached under ``--work/icons``.
 """
 
 from __future__ import annotations
