@@ -147,8 +147,12 @@ def recall(query_vecs: np.ndarray, pool_vecs: np.ndarray, positives: list[list[i
 _MEMO: dict = {}
 
 
+def _memo_key(enc, paths) -> tuple:
+    return enc.spec, enc.image_preprocess, tuple(paths)
+
+
 def encode_images(enc, paths: list[str]) -> np.ndarray:
-    key = (enc.spec, tuple(paths))
+    key = _memo_key(enc, paths)
     if key not in _MEMO:  # the red-apple query reuses the demo pool's vectors
         _MEMO[key] = _encode_images(enc, paths)
     return _MEMO[key]
@@ -205,23 +209,27 @@ def throughput(encoders: dict, image_paths: list[str], texts: list[str], repeats
 
 
 def _share_image_features(encoders: dict, groups: list[list[str]], work: Path) -> None:
-    """Fill both encoders' image memo from one cached Lite0 pass per group of files (same head code as
-    BuiltinEncoder.embed_images / ConseEncoder.embed_images)."""
+    """Fill both encoders' image memo from cached Lite0 passes (same head code as BuiltinEncoder.embed_images /
+    ConseEncoder.embed_images); one pass per group of files and image preprocessing."""
     from unimir.encoders.bridge import bridge_forward
 
     for group in dict.fromkeys(map(tuple, groups)):
-        pooled, conse = _cached_lite0(encoders["builtin-conse"], list(group), work)
-        _MEMO[("builtin-conse", group)] = conse.numpy()
-        _MEMO[("builtin", group)] = bridge_forward(encoders["builtin"].bridge, pooled, conse).numpy()
+        for name, enc in encoders.items():
+            pooled, conse = _cached_lite0(enc, list(group), work)
+            is_bridge = name == "builtin"
+            _MEMO[_memo_key(enc, group)] = (bridge_forward(enc.bridge, pooled, conse) if is_bridge else conse).numpy()
 
 
 def _cached_lite0(enc, image_paths: list[str], work: Path):
+    """Lite0's pooled features and unit ConSE vectors of these files, as ``enc`` preprocesses them; cached under
+    ``work`` by the file list and the preprocessing."""
     import hashlib
 
     from unimir.data.images import open_image
 
     key = hashlib.sha1("\n".join(image_paths).encode()).hexdigest()[:16]
-    path = work / f"eval-features-{key}.npz"
+    mode = "" if enc.image_preprocess == "crop" else f"-{enc.image_preprocess}"  # "crop" keeps the older names
+    path = work / f"eval-features-{key}{mode}.npz"
     if path.exists():
         with np.load(path) as z:
             return torch.from_numpy(z["pooled"]), torch.from_numpy(z["conse"])
@@ -238,47 +246,27 @@ def _cached_lite0(enc, image_paths: list[str], work: Path):
 # --- quick comparison of candidate bridge files (development) -------------------------------------------------------
 
 def compare_candidates(paths: list[Path], sets: dict, work: Path) -> None:
-    from unimir.encoders.bridge import bridge_forward, load_weights
+    """R@1/5/10 of ConSE (both preprocessings) and of each bridge file (with the preprocessing it names)."""
+    from unimir.encoders.bridge import bridge_forward, load_weights, read_metadata
     from unimir.encoders.builtin import ConseEncoder
 
-    enc = ConseEncoder()
-
-    def feats(image_paths):
-        from unimir.data.images import open_image
-
-        pooled, conse = [], []
-        for s in range(0, len(image_paths), 8):
-            p, lg = enc.image_features([open_image(x) for x in image_paths[s:s + 8]])
-            pooled.append(p)
-            conse.append(torch.nn.functional.normalize(enc.conse(lg), dim=-1))
-        return torch.cat(pooled), torch.cat(conse)
-
-    def cached_feats(image_paths):  # Lite0 features of the evaluation images, cached while bridges are compared
-        import hashlib
-
-        key = hashlib.sha1("\n".join(image_paths).encode()).hexdigest()[:16]
-        path = work / f"eval-features-{key}.npz"
-        if path.exists():
-            with np.load(path) as z:
-                return torch.from_numpy(z["pooled"]), torch.from_numpy(z["conse"])
-        pooled, conse = feats(image_paths)
-        np.savez(path, pooled=pooled.numpy(), conse=conse.numpy())
-        return pooled, conse
-
-    cached = {}
-    for name, s in sets.items():
-        cached[name] = (cached_feats(s["image_paths"]), cached_feats(s["i2t_queries"])
-                        if s["i2t_queries"] is not s["image_paths"] else None,
-                        encode_texts(enc, s["texts"]), encode_texts(enc, s["t2i_queries"]))
-    for label, weights in [("ConSE", None)] + [(str(p), load_weights(p)) for p in paths]:
+    encoders = {"crop": ConseEncoder()}
+    encoders["pad"] = ConseEncoder(image_preprocess="pad")
+    encoders["pad"].tokenizer, encoders["pad"].text_model = encoders["crop"].tokenizer, encoders["crop"].text_model
+    texts = {name: (encode_texts(encoders["crop"], s["texts"]), encode_texts(encoders["crop"], s["t2i_queries"]))
+             for name, s in sets.items()}
+    rows = [("ConSE", None, "crop"), ("ConSE, padded input", None, "pad")]
+    rows += [(str(p), load_weights(p), read_metadata(p).get("preprocess", "crop")) for p in paths]
+    for label, weights, mode in rows:
         cells = []
         for name, s in sets.items():
-            (pool_p, pool_c), q_feats, txt, t2i_q = cached[name]
-            img = pool_c.numpy() if weights is None else bridge_forward(weights, pool_p, pool_c).numpy()
-            if q_feats is None:
-                qi = img
-            else:
-                qi = q_feats[1].numpy() if weights is None else bridge_forward(weights, *q_feats).numpy()
+            def vectors(image_paths):
+                pooled, conse = _cached_lite0(encoders[mode], image_paths, work)
+                return conse.numpy() if weights is None else bridge_forward(weights, pooled, conse).numpy()
+
+            img = vectors(s["image_paths"])
+            qi = img if s["i2t_queries"] is s["image_paths"] else vectors(s["i2t_queries"])
+            txt, t2i_q = texts[name]
             r1, r2 = recall(t2i_q, img, s["t2i_pos"]), recall(qi, txt, s["i2t_pos"])
             cells.append(f"{name}: t2i {r1[1]:.3f}/{r1[5]:.3f}/{r1[10]:.3f} i2t {r2[1]:.3f}/{r2[5]:.3f}/{r2[10]:.3f}")
         print(f"{label:<50} " + " | ".join(cells), flush=True)
@@ -295,7 +283,8 @@ def _icon_summary(icon_sets: list[dict]) -> str:
 
 
 def write_report(out: Path, res: dict, machine: dict, command: str) -> None:
-    q, names = res["quality"], {"builtin-conse": "ConSE (`builtin-conse`)", "builtin": "bridge (`builtin`)"}
+    q, names = res["quality"], {"builtin-conse": "ConSE (`builtin-conse`)", "builtin": "bridge (`builtin`)",
+                                "conse-padded": "ConSE, padded input (reference)"}
     lines = ["# The default encoder: trained bridge vs ConSE", "",
              f"Made by `{command}` on {machine['date']}: {machine['cpu']}, {machine['usable_cores']} usable cores, "
              f"torch {machine['versions']['torch']}, revision "
@@ -318,7 +307,7 @@ def write_report(out: Path, res: dict, machine: dict, command: str) -> None:
     for set_name in q["builtin"]:
         for d, label in (("t2i", "text → image"), ("i2t", "image → text")):
             base = q["builtin-conse"][set_name][d][10]
-            for enc in ("builtin-conse", "builtin"):
+            for enc in [e for e in ("builtin-conse", "conse-padded", "builtin") if e in q]:
                 r = q[enc][set_name]
                 pool = r["pool_img"] if d == "t2i" else r["pool_txt"]
                 ratio = r[d][10] / base if base else float("nan")
@@ -357,7 +346,11 @@ def write_report(out: Path, res: dict, machine: dict, command: str) -> None:
                  "for monochrome filled icons drawn in a colour, \"a red owl\". "
                  if res["bridge"].get("icon_sets") else "") +
               "Three views per drawing (whole, cropped "
-              "to the ink, mirrored crop), symmetric InfoNCE, three seeds averaged into one linear head; the "
+              "to the ink, mirrored crop)"
+              + (", each letterboxed on white and resized to 224 rather than centre-cropped (the encoder feeds Lite0 "
+                 "the same way; the ConSE reference row above shows what that input alone gives)"
+                 if res["bridge"].get("preprocess") == "pad" else "") +
+              ", symmetric InfoNCE, three seeds averaged into one linear head; the "
               "settings were chosen on held-out kinds of drawing (the animals, food and plants folders left out of "
               "training: `--val-dirs animals,food,plants`), not on the sets above.", ""]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -401,10 +394,15 @@ def main() -> None:
         compare_candidates(args.candidates, sets, args.work)
         return
     encoders = {"builtin-conse": load_encoder("builtin-conse"), "builtin": load_encoder("builtin")}
+    # a reference for the quality tables only: ConSE given the bridge's letterboxed input, so that the report
+    # separates what the input transform gives from what the trained head gives
+    from unimir.encoders.builtin import ConseEncoder
+
+    reference = {"conse-padded": ConseEncoder(image_preprocess="pad")}
     if args.shared_features:  # one Lite0 pass per image, both heads on it (the same computation, done once)
-        _share_image_features(encoders, [g for s in sets.values() for g in (s["image_paths"], s["i2t_queries"])],
-                              args.work)
-    res = {"quality": {name: quality(enc, sets) for name, enc in encoders.items()},
+        _share_image_features({**encoders, **reference},
+                              [g for s in sets.values() for g in (s["image_paths"], s["i2t_queries"])], args.work)
+    res = {"quality": {name: quality(enc, sets) for name, enc in {**encoders, **reference}.items()},
            "apple": {name: red_apple(enc, demo) for name, enc in encoders.items()},
            "shared_features": args.shared_features,
            "emoji_packages": emoji_packages, "repeats": args.repeats}
@@ -417,7 +415,8 @@ def main() -> None:
     res["bridge"] = {"file": str(WEIGHTS_PATH.relative_to(REPO)), "bytes": WEIGHTS_PATH.stat().st_size,
                      "sha256": hashlib.sha256(WEIGHTS_PATH.read_bytes()).hexdigest(),
                      "pairs": meta.get("pairs", {}).get("pairs", "?"),
-                     "icon_sets": [src for src in meta.get("sources", []) if "icons" in src]}
+                     "icon_sets": [src for src in meta.get("sources", []) if "icons" in src],
+                     "preprocess": meta.get("preprocess", "crop")}
     command = ("python -m benchmarks.default_encoder " + " ".join(sys.argv[1:])).strip()
     machine = describe()
     (args.work / "default-encoder.json").write_text(json.dumps({"results": res, "machine": machine,

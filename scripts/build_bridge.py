@@ -19,9 +19,11 @@ Steps, each cached under ``--work`` (never committed):
    every drawing the demo corpus uses (matched by the sha256 of the source file's bytes, so copies elsewhere in the
    library go too), images over 20 megapixels, and drawings with no usable caption. No emoji font is read: emoji
    images are reserved for evaluation (benchmarks/default_encoder.py).
-3. **Features.** The frozen EfficientNet-Lite0 of the encoder (its own preprocessing and precision), three views per
-   drawing: the whole image as the encoder sees it, the drawing cropped to its ink with a small margin (what users'
-   cropped clip-art and emoji look like), and that crop mirrored. Lite0's pooled 1280-d feature and ConSE vector
+3. **Features.** The frozen EfficientNet-Lite0 of the encoder (its precision), three views per drawing: the whole
+   image, the drawing cropped to its ink with a small margin (what users' cropped clip-art and emoji look like), and
+   that crop mirrored. Each view is letterboxed on white and resized to 224 (``--preprocess pad``, the default)
+   rather than centre-cropped as ImageNet models are (``crop``), which cut the ends off wide drawings; the weight
+   file records the choice and the ``builtin`` encoder follows it. Lite0's pooled 1280-d feature and ConSE vector
    are kept per view; captions are embedded with the encoder's MiniLM.
 4. **Training.** The residual bridge of bridge.py, image = normalise(ConSE + alpha * (W x + b)), trained with a
    symmetric InfoNCE loss against the caption embeddings (a drawing's views and caption variants are sampled each
@@ -598,6 +600,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--icons", action="store_true",
                     help="also train on the pinned icon sets (scripts/icon_pairs.py); not used for the shipped "
                          "weights, see docs/bench/default-encoder.md")
+    ap.add_argument("--preprocess", choices=("pad", "crop"), default="pad",
+                    help="Lite0's input: the whole image letterboxed (pad, the shipped weights) or ImageNet's centre "
+                         "crop (crop, as ConSE); stored in the weight file, which the encoder follows")
     ap.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     ap.add_argument("--seeds", type=int, default=len(TrainConfig.seeds), help="number of heads averaged")
     ap.add_argument("--alpha", type=float, default=TrainConfig.alpha)
@@ -618,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from unimir.encoders.builtin import ConseEncoder
 
-    encoder = ConseEncoder()
+    encoder = ConseEncoder(image_preprocess=args.preprocess)
     colours = drawing_colours(root, pairs, args.work / "colours.json")
     for p in pairs:
         p.captions = with_colour(p.captions, colours[p.sha256])
@@ -628,7 +633,9 @@ def main(argv: list[str] | None = None) -> int:
     def path_of(p: Pair) -> Path:
         return root / PNG_DIR / p.rel if p.source == "openclipart" else args.work / p.rel
 
-    feats = extract_features(encoder, pairs, path_of, args.work / "features.npz")
+    # the cache holds one preprocessing's features ("features.npz" is the original crop's)
+    cache_name = "features.npz" if args.preprocess == "crop" else f"features-{args.preprocess}.npz"
+    feats = extract_features(encoder, pairs, path_of, args.work / cache_name)
     (args.work / "pairs.json").write_text(json.dumps([p.__dict__ for p in pairs], indent=0))
     text_vecs, texts = embed_captions(encoder, pairs, args.work / "captions.npz")
     if args.stage == "features":
@@ -654,7 +661,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_weights(weights, args.out, metadata={
         "sources": sources, "pairs": stats, "views": list(VIEWS), "train": cfg.__dict__,
-        "precision": "bf16" if encoder.bf16 else "fp32", "script": "scripts/build_bridge.py"})
+        "precision": "bf16" if encoder.bf16 else "fp32", "preprocess": args.preprocess,
+        "script": "scripts/build_bridge.py"})
     log(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
     return 0
 

@@ -61,7 +61,7 @@ def test_weight_file_round_trip_and_shape_checks(tmp_path):
 
 
 # The shipped file is the one benchmarked in docs/bench/default-encoder.md; retraining changes this on purpose.
-SHIPPED_SHA256 = "2af5cfb2aa7922dedb0aa29fa89dcdbd185cf6ea142c0262fc182bf6e239c14b"
+SHIPPED_SHA256 = "51a54011458c55f8e223dd80f9d29a297c475b9776b8b70a6ef8b4b39ef0f6a1"
 
 
 def test_shipped_weights_load_with_expected_shapes():
@@ -73,6 +73,7 @@ def test_shipped_weights_load_with_expected_shapes():
     meta = bridge_mod.read_metadata()
     assert {s["package"] for s in meta["sources"]} == {"openclipart-png", "openclipart-svg"}
     assert all(len(s["sha256"]) == 64 and "public domain" in s["licence"] for s in meta["sources"])
+    assert meta["preprocess"] == "pad"  # trained on letterboxed drawings, as the benchmark and README say
     assert bridge_mod.weights_digest() == SHIPPED_SHA256
 
 
@@ -107,6 +108,33 @@ def test_zero_head_bridge_is_plain_conse(tmp_path, both):
     np.testing.assert_allclose(enc.embed_images(images), plain.embed_images(images), atol=1e-5)
     # different weights, different fingerprint: cached vectors of one bridge never serve another
     assert len({enc.fingerprint, both[0].fingerprint, both[1].fingerprint}) == 3
+
+
+def test_padded_input_keeps_the_whole_drawing_and_the_weight_file_chooses_it(tmp_path, both):
+    from PIL import Image
+
+    from unimir.encoders.builtin import BuiltinEncoder, ConseEncoder, preprocess, preprocess_padded
+    from unimir.encoders.preprocess import pad_to_square
+
+    wide = Image.new("RGB", (200, 50), (255, 255, 255))
+    wide.paste((255, 0, 0), (0, 0, 8, 50))  # red at the left edge, blue at the right: what a centre crop cuts
+    wide.paste((0, 0, 255), (192, 0, 200, 50))
+    square = pad_to_square(wide)
+    assert square.size == (200, 200) and square.getpixel((0, 100)) == (255, 0, 0)
+    assert square.getpixel((199, 100)) == (0, 0, 255) and square.getpixel((100, 10)) == (255, 255, 255)
+    assert pad_to_square(square) is square
+    red = torch.tensor([255.0, 0.0, 0.0]).sub(127).div(128)
+    assert torch.allclose(preprocess_padded(wide)[:, 112, 0], red, atol=0.05)
+    assert not torch.allclose(preprocess(wide)[:, 112, 0], red, atol=0.3)  # the crop lost the red edge
+    # the weight file says which input its head was trained on; a file that does not say is the original crop
+    w = bridge_mod.load_weights()
+    for meta, mode in (({"preprocess": "pad"}, "pad"), ({}, "crop")):
+        bridge_mod.save_weights(w, tmp_path / "b.safetensors", metadata=meta)
+        assert BuiltinEncoder(bridge_path=str(tmp_path / "b.safetensors")).image_preprocess == mode
+    assert both[1].image_preprocess == "crop"  # ConSE keeps Lite0's ImageNet transform
+    assert ConseEncoder(image_preprocess="pad").fingerprint != both[1].fingerprint
+    with pytest.raises(ValueError, match="image_preprocess"):
+        ConseEncoder(image_preprocess="stretch")
 
 
 SVG = """<svg xmlns="http://www.w3.org/2000/svg"><metadata>

@@ -303,3 +303,13 @@ def test_save_load_round_trip_and_strictness(tmp_path, model):
     save_tensors(tmp_path / "generator.safetensors", tensors, meta)
     with pytest.raises(IndexFormatError, match=r"missing keys \['prefix.bias'\]"):
         IDGenerator.load(tmp_path)
+
+
+def test_training_progress_in_a_log_is_plain_lines(capsys, monkeypatch):
+    # not a terminal (pytest captures stderr): plain lines, never a redrawn bar full of carriage returns
+    monkeypatch.setenv("UNIMIR_PROGRESS_INTERVAL", "0")
+    codes = random_codes(20, 3)
+    zq = queries(20, 4).numpy()
+    train_generator(IDGenerator(CONFIG), zq, zq, codes, GeneratorTrainConfig(batch_size=10, epochs=1), progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err and "generator: 2/2 steps (100%)" in err

@@ -7,7 +7,9 @@ untrained head leaves plain ConSE. The weights are made by ``scripts/build_bridg
 as ``bridge.safetensors`` next to this module: a few MB, no download.
 
 Weight file layout (float32 tensors; metadata: the training recipe and sources, one JSON string):
-``feature_mean`` [1280], ``feature_std`` [1280], ``weight`` [384, 1664], ``bias`` [384], ``alpha`` [1].
+``feature_mean`` [1280], ``feature_std`` [1280], ``weight`` [384, 1664], ``bias`` [384], ``alpha`` [1]. The
+metadata's ``preprocess`` names the image transform the head was trained on (builtin.LITE0_PREPROCESS; "crop" when
+absent), and the encoder applies that one.
 """
 
 from __future__ import annotations

