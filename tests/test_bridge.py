@@ -113,7 +113,7 @@ def test_zero_head_bridge_is_plain_conse(tmp_path, both):
 def test_padded_input_keeps_the_whole_drawing_and_the_weight_file_chooses_it(tmp_path, both):
     from PIL import Image
 
-    from unimir.encoders.builtin import BuiltinEncoder, ConseEncoder, preprocess, preprocess_padded
+    from unimir.encoders.builtin import BuiltinEncoder, ConseEncoder, MissingModelError, preprocess, preprocess_padded
     from unimir.encoders.preprocess import pad_to_square
 
     wide = Image.new("RGB", (200, 50), (255, 255, 255))
@@ -131,6 +131,9 @@ def test_padded_input_keeps_the_whole_drawing_and_the_weight_file_chooses_it(tmp
     for meta, mode in (({"preprocess": "pad"}, "pad"), ({}, "crop")):
         bridge_mod.save_weights(w, tmp_path / "b.safetensors", metadata=meta)
         assert BuiltinEncoder(bridge_path=str(tmp_path / "b.safetensors")).image_preprocess == mode
+    bridge_mod.save_weights(w, tmp_path / "b.safetensors", metadata={"preprocess": "stretch"})
+    with pytest.raises(MissingModelError, match="unknown image preprocessing 'stretch'"):
+        BuiltinEncoder(bridge_path=str(tmp_path / "b.safetensors"))
     assert both[1].image_preprocess == "crop"  # ConSE keeps Lite0's ImageNet transform
     assert ConseEncoder(image_preprocess="pad").fingerprint != both[1].fingerprint
     with pytest.raises(ValueError, match="image_preprocess"):

@@ -142,10 +142,14 @@ class BuiltinEncoder(ConseEncoder):
         self.bridge_path = bridge_path or bridge.WEIGHTS_PATH
         try:
             self.bridge = bridge.load_weights(self.bridge_path)
+            image_preprocess = bridge.read_metadata(self.bridge_path).get("preprocess", "crop")
+            if image_preprocess not in LITE0_PREPROCESS:
+                raise bridge.BridgeWeightsError(f"{self.bridge_path}: unknown image preprocessing "
+                                                f"{image_preprocess!r} (known: {', '.join(LITE0_PREPROCESS)})")
         except (FileNotFoundError, bridge.BridgeWeightsError) as exc:
             raise MissingModelError(str(exc)) from None
         super().__init__(top_k=top_k, threads=threads, max_length=max_length, precision=precision, device=device,
-                         image_preprocess=bridge.read_metadata(self.bridge_path).get("preprocess", "crop"))
+                         image_preprocess=image_preprocess)
         self.weight_files = (self.bridge_path,)  # the fingerprint digests it
 
     @torch.inference_mode()
@@ -163,8 +167,9 @@ def preprocess(image) -> torch.Tensor:
 
 
 def preprocess_padded(image) -> torch.Tensor:
-    """The whole image letterboxed on white, resized to 224 (bicubic), (x - 127) / 128. The crop above cuts 1/8 off
-    every side of a square image and far more off a wide one; clip-art and icons often put their subject there."""
+    """The whole image letterboxed on white, resized to 224 (bicubic), (x - 127) / 128. The crop above cuts 1/16 off
+    each side of a square image and far more off the long sides of a wide one, where clip-art often has its
+    subject's ends."""
     return center_crop_tensor(pad_to_square(image), 224, mean=127.0, std=128.0, crop=False)
 
 
