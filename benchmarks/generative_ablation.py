@@ -54,8 +54,10 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "val+stop+refit": ("val+stop + codebooks refitted on the pool's and queries' vectors after training",
                        {"pool_refit": True}, FORMER),
     "defaults": ("the current defaults", {}, {}),
-    "defaults+nostop": ("the defaults, validation kept but no early stopping (all 30 epochs)", {},
-                        {"patience": 0}),
+    "defaults+nostop": ("the defaults, validation kept but no early stopping (all 30 epochs; the defaults since "
+                        "stop 17)", {}, {"patience": 0}),
+    "defaults+stop4": ("the defaults with early stopping after 4 validation runs without gain (the defaults "
+                       "before stop 17)", {}, {"patience": 4}),
     "defaults+noshift": ("the defaults without gap-shifted pool pairs", {}, {"pool_shift": False}),
     "defaults+noise1": ("the defaults, pool-pair noise 1.0", {}, {"pool_noise": 1.0}),
     "defaults+qnoise": ("the defaults + noise 0.3 on the (query, positive) inputs", {}, {"query_noise": 0.3}),

@@ -313,3 +313,20 @@ def test_training_progress_in_a_log_is_plain_lines(capsys, monkeypatch):
     train_generator(IDGenerator(CONFIG), zq, zq, codes, GeneratorTrainConfig(batch_size=10, epochs=1), progress=True)
     err = capsys.readouterr().err
     assert "\r" not in err and "generator: 2/2 steps (100%)" in err
+
+
+@pytest.mark.parametrize("patience, epochs_run", [(2, 4), (0, 6)])
+def test_best_validation_weights_are_kept_and_patience_stops_early(patience, epochs_run):
+    codes, zq = random_codes(20, 5), queries(20, 6).numpy()
+    model = IDGenerator(CONFIG)
+    scores, snapshots = iter([0.5, 0.9, 0.3, 0.2, 0.1, 0.0]), []  # best at the second validation run (epoch 1)
+
+    def validate():
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(scores)
+
+    config = GeneratorTrainConfig(batch_size=10, epochs=6, val_every=1, patience=patience)
+    report = train_generator(model, zq, zq, codes, config, progress=False, validate=validate)
+    assert (report.stopped_early, report.best_epoch, len(report.history)) == (patience > 0, 1, epochs_run)
+    assert all(torch.equal(v, snapshots[1][k]) for k, v in model.state_dict().items())
+    assert GeneratorTrainConfig().patience == 0  # the default runs every epoch

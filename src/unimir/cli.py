@@ -233,8 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     # generalisation (docs/bench/generative-ablation.md)
     s.add_argument("--val-share", type=_fraction, default=None, help="share of training targets held out for "
                    "validation and early stopping (default 0.1; 0: none)")
-    s.add_argument("--patience", type=_positive_int, default=None,
-                   help="validation runs without gain before stopping")
+    s.add_argument("--patience", type=_int_in(0), default=None,
+                   help="stop after this many validation runs without gain (default 0: run every epoch; the best "
+                        "validation weights are kept either way)")
     s.add_argument("--pool-noise", type=_non_negative_float, default=None,
                    help="noise on index-time pool pairs (default 0.5)")
     s.add_argument("--no-pool-pairs", action="store_true", help="train on (query, positive) pairs only")
