@@ -242,3 +242,28 @@ def test_diagnosis_agrees_with_the_rerank_shortlist(retriever, corpus, split):
     assert found["positive_id_in_beams"] == pytest.approx(np.mean(in_shortlist))
     assert found["shortlist_mean"] == pytest.approx(np.mean([len(r) for r in full]), abs=1e-4)
     assert 0.0 <= found["positive_id_in_top5_beams"] <= found["positive_id_in_beams"]
+
+
+@pytest.mark.parametrize("same_pool", [True, False])
+def test_generator_training_reads_the_ids_of_indexed_rows_instead_of_coding_them_again(corpus, split, same_pool):
+    """Once every candidate is coded (``unimir train`` codes the pool between its stages), fit_generator takes the
+    targets from the index after checking a sample; a pool that is not the indexed one is coded in full."""
+    r = GenerativeRetriever(SemanticQuantizer(QuantizerConfig(dim=DIM, hidden=32, levels=2, codebook_size=8)))
+    pairs = corpus.pairs(split[0])
+    r.fit_quantizer(pairs, QuantizerTrainConfig(batch_size=128, epochs=2, kmeans_iters=5), progress=False)
+    order = np.arange(N_ITEMS) if same_pool else np.random.default_rng(1).permutation(N_ITEMS)
+    r.index(corpus.candidates[order], corpus.modalities[order])
+    coded, compute = [], r.quantizer.compute_codes
+
+    def spy(features, modality_codes, *args, **kwargs):
+        coded.append(len(features))
+        return compute(features, modality_codes, *args, **kwargs)
+
+    r.quantizer.compute_codes = spy
+    r.fit_generator(pairs, GeneratorTrainConfig(batch_size=64, epochs=1), GeneratorConfig(num_layers=1, d_model=32,
+                    num_heads=2, d_ff=64, prefix_len=2), progress=False, pool=(corpus.candidates, corpus.modalities))
+    unique_positives = len(np.unique(pairs.positives))
+    if same_pool:
+        assert sum(coded) <= 2 * 256 and len(coded) == 2  # two probes, no full coding
+    else:  # the probes disagree: both sides coded in full
+        assert sorted(coded)[-2:] == sorted([unique_positives, N_ITEMS])
