@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         f"--device {args.device} --threads {args.threads}`", "",
         f"Machine: {m['cpu']}, {m['usable_cores']} usable cores of {m['cores']}, torch {m['versions']['torch']}, "
         f"transformers {m['versions']['transformers']}, {args.threads} torch threads, {m['date']}; 1-min load average "
-        f"{m['load_start'][0]:.1f} at the start. The machine is shared with other engineers' jobs, so absolute "
+        f"{m['load_start'][0]:.1f} at the start. Other jobs may share the machine, so absolute "
         "numbers are noisy; the ratios come from one run with the variants interleaved.", "",
         f"Model: ViT-L/14 @ 224 px + 12-layer text tower, d = 768 (random weights of the released shape). "
         f"Images: {args.images} per batch, 320x240 RGB, preprocessing included. Texts: {args.texts} per batch, "

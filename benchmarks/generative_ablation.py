@@ -130,7 +130,7 @@ def render(results: dict, command: str) -> str:
         "# Generative retrieval: generalisation ablation (demo corpus, unseen-target split)", "",
         f"Made by `{command}` on {m.get('cpu', 'this machine')} ({m.get('torch_threads', '?')} torch thread(s), "
         f"load average {m.get('load_start', ['?'])[0]} at the start, {m.get('date', '')}), "
-        "a machine shared with other engineers' jobs (training times are inflated and noisy; recalls are not "
+        "a machine that may run other jobs (training times are inflated and noisy; recalls are not "
         "affected). Encoder: the default `builtin`. Every variant trains quantizer + generator from scratch on the "
         f"{results['pairs']} (query, positive) pairs of `query/train/mbeir_demo_unseen_train.jsonl` (instruction "
         "paraphrases as separate pairs; every positive in the training half of the pool) once per seed (the seed of "

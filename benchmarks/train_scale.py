@@ -13,7 +13,7 @@ of its positive (70 % text-only, 30 % image+text, as composed queries), written 
 Each stage runs one epoch with the default configs in a fresh child process, as ``unimir train`` runs it (quantizer
 on the pairs, then coding every pool row; generator on the pairs plus the index-time pool self-pairs). Memory is
 the child's peak resident set (VmHWM: heap and touched memory-mapped pages together) and, at the end, anonymous and
-file-backed resident memory separately (/proc/self/smaps_rollup). The machine is shared with other engineers:
+file-backed resident memory separately (/proc/self/smaps_rollup). Other jobs may share the machine:
 times are noisy; the load average is recorded.
 """
 
@@ -236,7 +236,7 @@ def report(r: dict) -> str:
     lines = [f"# Generative training at scale: {n:,} pairs, d = {r['dim']}", "",
              f"Made by `python -m benchmarks.train_scale --pairs {n} --dim {r['dim']} --epochs {r['epochs']} "
              f"--steps {steps} --work DIR` on {m['cpu']} ({m['cores']} cores, {m['memory_gib'] or 0:.0f} GiB), "
-             f"{m['date']}; revision {m['revision']}. The machine was shared with other engineers (load average "
+             f"{m['date']}; revision {m['revision']}. Other jobs may have shared the machine (load average "
              "per stage below, on 2 cores), so times are noisy; bytes are not.", "",
              "**Synthetic, M-BEIR-shaped features**: a pool of as many candidates as pairs in the union pool's "
              "modality mix (16 % image, 44 % text, 39 % image+text; clustered unit fp16 parts), built into an "
