@@ -96,8 +96,9 @@ def child_build(work: Path, out: Path) -> dict:
 
     t0 = time.perf_counter()
     candidates, root = load_pool(work / "pool.jsonl", work, Problems())
+    # parts kept: training embeds the candidates' parts, and no encoder can compute them again here
     index = Index.build(candidates, out, root=root, encoder="synthetic-768", index="flat",
-                        features=read_features(work / "feats"))
+                        features=read_features(work / "feats"), keep_parts=True)
     return {"build_s": time.perf_counter() - t0, "items": len(index)}
 
 

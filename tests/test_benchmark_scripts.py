@@ -36,3 +36,16 @@ def test_codes_only_adds_its_two_modes(tmp_path):
         assert {(r["setting"], r["task"]) for r in rows if r["mode"] == mode} == quantize
     assert all(0.0 <= r["recall"]["5"] <= 1.0 for r in rows)
     assert "quantize-codes" in proc.stdout
+
+
+def test_train_scale_runs_both_stages_on_a_tiny_pool(tmp_path):
+    """The 1.1M-pair benchmark's path (index built from features, both stages from memory maps) at 3,000 pairs."""
+    out = tmp_path / "train-scale.md"
+    proc = _run("benchmarks.train_scale", "--pairs", "3000", "--dim", "32", "--steps", "3", "--work",
+                str(tmp_path / "work"), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "work" / "result.json").read_text())
+    for stage in ("quantizer", "generator"):
+        assert "error" not in result[stage], result[stage]
+        assert result[stage]["steps"] == 3 and result[stage]["peak_rss"] > 0
+    assert "| generator | 6,000 |" in out.read_text()  # the pairs plus one index-time self-pair per pool row
