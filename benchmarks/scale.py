@@ -433,7 +433,7 @@ def _disk_groups(index_dir: Path) -> dict[str, int]:
 def report(r: dict) -> str:
     m, n = r["machine"], r["items"]
     lines = [f"# Scale through the product's Index: {n:,} items, d = {r['dim']}", "",
-             "Made by `python -m benchmarks.scale --items {:,} --dim {} --work DIR --hnsw-items {:,}` on {} "
+             "Made by `python -m benchmarks.scale --items {} --dim {} --work DIR --hnsw-items {}` on {} "
              "({} cores, {:.0f} GiB), {}; revision {}. Other jobs may have shared the machine (load average "
              "{:.1f} at the start), so times are noisy.".format(n, r["dim"], r["hnsw_items"], m["cpu"],
                                                                 m["cores"], m["memory_gib"] or 0, m["date"],
