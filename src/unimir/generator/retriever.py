@@ -143,7 +143,7 @@ class GenerativeRetriever:
         noise = np.full(len(pairs), config.query_noise, np.float32)
         if pool is not None and config.pool_pairs:
             pool_rows = FeatureRows(pool[0])
-            pool_codes = self._codes_of(pool[0], np.asarray(pool[1]), pool_rows.rows)
+            pool_codes = self._codes_of(pool[0], pool[1], pool_rows.rows)
             queries.append(pool_rows)
             positives.append(pool_rows)  # a self-pair: the item's own vector -> its ID
             targets = np.concatenate([targets, pool_codes])
