@@ -58,6 +58,12 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
                         "stop 17)", {}, {"patience": 0}),
     "defaults+stop4": ("the defaults with early stopping after 4 validation runs without gain (the defaults "
                        "before stop 17)", {}, {"patience": 4}),
+    "defaults+draws1": ("the defaults with one drawn (query, positive) pair per training query and epoch", {},
+                        {"query_draws": 1}),
+    "defaults+draws2": ("the defaults with two drawn (query, positive) pairs per training query and epoch", {},
+                        {"query_draws": 2}),
+    "defaults+qep40": ("the defaults with 40 quantizer epochs (one drawn pair per query and epoch: 40 steps of 512 "
+                       "pairs, where the 4 paraphrases as separate pairs gave 60 in 10 epochs)", {"epochs": 40}, {}),
     "defaults+noshift": ("the defaults without gap-shifted pool pairs", {}, {"pool_shift": False}),
     "defaults+noise1": ("the defaults, pool-pair noise 1.0", {}, {"pool_noise": 1.0}),
     "defaults+qnoise": ("the defaults + noise 0.3 on the (query, positive) inputs", {}, {"query_noise": 0.3}),
@@ -132,8 +138,9 @@ def render(results: dict, command: str) -> str:
         f"load average {m.get('load_start', ['?'])[0]} at the start, {m.get('date', '')}), "
         "a machine that may run other jobs (training times are inflated and noisy; recalls are not "
         "affected). Encoder: the default `builtin`. Every variant trains quantizer + generator from scratch on the "
-        f"{results['pairs']} (query, positive) pairs of `query/train/mbeir_demo_unseen_train.jsonl` (instruction "
-        "paraphrases as separate pairs; every positive in the training half of the pool) once per seed (the seed of "
+        f"{results['pairs']} (query, positive) pairs of `query/train/mbeir_demo_unseen_train.jsonl` (one per "
+        "instruction paraphrase and positive, one drawn per query and epoch; every positive in the training half of "
+        "the pool) once per seed (the seed of "
         "both stages: k-means, data order, mixing, noise, dropout and the validation split), then searches "
         f"the unseen test queries in the test pool ({results['test_items']} items, none a training target) and in "
         f"the union pool ({results['union_items']} items), and the seen-target test queries in the union pool. "

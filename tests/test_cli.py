@@ -154,8 +154,9 @@ def test_train_accepts_every_flag_once(corpus, tmp_path):
                   "--root", corpus["root"], "--instructions", corpus["instructions"], "--stage", "all",
                   "--quantizer", "M3+RQ2x8", "--quantizer-epochs", "1", "--epochs", "2", "--batch-size", "8",
                   "--lr", "0.002", "--layers", "1", "--d-model", "32", "--device", "cpu", "--seed", "3",
-                  "--checkpoint-dir", tmp_path / "ckpt", "--resume", "--strict")
+                  "--checkpoint-dir", tmp_path / "ckpt", "--resume", "--strict", "--fixed-draws", "--query-draws", "2")
     assert "trained quantizer + generator" in proc.stdout
+    assert "drawn once for all epochs" in proc.stderr and "(2 drawn pairs each per epoch)" in proc.stderr
     manifest = json.loads(next((out).glob("generative-*/manifest.json")).read_text())
     config = manifest["generator"]["config"]
     assert config["num_layers"] == 1 and config["d_model"] == 32

@@ -1,7 +1,10 @@
 """Streamed training: pairs as row indices over memory-mapped features give the same batches and losses as the
-simple in-RAM path, for both stages, and ``training_pairs`` encodes each (query, paraphrase) once into fp16 files."""
+simple in-RAM path, for both stages; ``training_pairs`` encodes a (query, paraphrase) into fp16 files when an
+epoch first draws it."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -132,8 +135,10 @@ def test_generator_stage_matches_the_eager_inputs_it_replaced(two_ways):
         assert a["exact_acc"] == pytest.approx(b["exact_acc"], abs=1e-6)
 
 
-def test_training_pairs_encode_each_paraphrase_once_into_fp16_files(corpus, tiny_encoder, tmp_path, monkeypatch):
-    """Against the old in-RAM construction: every paraphrase encoded, one query row copied per positive."""
+def test_training_pairs_encode_a_paraphrase_when_first_drawn_into_fp16_files(corpus, tiny_encoder, tmp_path,
+                                                                             monkeypatch):
+    """Against the old in-RAM construction (every paraphrase encoded, one query row per positive): the same pairs,
+    grouped by query; only drawn paraphrases are encoded, each once, and a rerun reuses them."""
     from unimir.data.mbeir import read_queries
     from unimir.index import Index
     from unimir.queries import load_instructions, prepare_queries
@@ -147,21 +152,37 @@ def test_training_pairs_encode_each_paraphrase_once_into_fp16_files(corpus, tiny
     rows_of = index.rows_of({d for rel in prepared.relevant for d in rel})
     old_rows = [(i, rows_of[d]) for i, rel in enumerate(prepared.relevant) for d in sorted(rel)]
 
+    encoded: list[int] = []
+    real_encode = index.encoder.encode
+
+    def counting_encode(items, side, *args, **kwargs):
+        encoded.append(len(items) if side == "query" else 0)  # (the pool's parts are encoded once too)
+        return real_encode(items, side, *args, **kwargs)
+
+    monkeypatch.setattr(index.encoder, "encode", counting_encode)
     work = tmp_path / "work"
     pairs = training_pairs(index, [corpus["t2i"]], work_dir=work)
     assert len(pairs) == len(old_rows) == 36 and len(pairs.queries) == 36  # one row per (query, paraphrase)
+    assert pairs.num_groups == 18 and sum(encoded) == 18  # the first draw only: one paraphrase per query
     np.testing.assert_array_equal(pairs.positives, [r for _, r in old_rows])
     np.testing.assert_array_equal(pairs.query_targets, np.zeros(36))  # task 0: text -> image
-    got, want = pairs.query_features(), feats[np.asarray([i for i, _ in old_rows])]
+    np.testing.assert_array_equal(pairs.groups, np.repeat(np.arange(1, 19), 2))  # a query's paraphrases together
+    first = pairs.draw(0)
+    assert sum(encoded) == 18 and len(first) == 18 and len(np.unique(pairs.groups[first])) == 18
+    got, want = pairs.query_features(first), feats[pairs.query_rows[first]]
     np.testing.assert_allclose(got.text, want.text, atol=2e-3)  # fp16 storage
     np.testing.assert_array_equal(got.text_mask, want.text_mask)
-    assert isinstance(pairs.queries.text, np.memmap) and pairs.queries.text.dtype == np.float16
+    assert isinstance(pairs.queries.parts["text"], np.memmap) and pairs.queries.parts["text"].dtype == np.float16
+    # later epochs draw other paraphrases and encode only those not seen yet
+    epochs = [pairs.draw(epoch) for epoch in range(1, 12)]
+    seen = np.unique(np.concatenate([first] + epochs))
+    assert len(seen) == 36 and sum(encoded) == 36  # every paraphrase drawn by now, each encoded once
+    np.testing.assert_allclose(pairs.query_features().text, feats[pairs.query_rows].text, atol=2e-3)
     # this index stores no parts: the candidates' are encoded once too, into fp16 files beside the queries'
     assert isinstance(pairs.candidates.text, np.memmap) and len(pairs.candidates) == len(index)
     np.testing.assert_allclose(pairs.positive_features(np.arange(3)).image,
                                index.features_at(pairs.positives[:3]).image, atol=2e-3)
-    # written under a temporary name, then renamed: nothing else is left
-    folders = sorted(f.name for f in work.iterdir())
+    folders = sorted(f.name for f in work.iterdir())  # written under temporary names, then renamed
     assert len(folders) == 2 and folders[0].startswith(CANDIDATE_FEATURES) and folders[1].startswith(QUERY_FEATURES)
 
     def no_encoding(*args, **kwargs):
@@ -170,7 +191,52 @@ def test_training_pairs_encode_each_paraphrase_once_into_fp16_files(corpus, tiny
     monkeypatch.setattr(index.encoder, "encode", no_encoding)
     again = training_pairs(index, [corpus["t2i"]], work_dir=work)  # same queries, same encoder: reused
     np.testing.assert_array_equal(again.query_rows, pairs.query_rows)
-    np.testing.assert_array_equal(again.query_features().text, got.text)
+    np.testing.assert_array_equal(again.draw(5), pairs.draw(5))
+    np.testing.assert_array_equal(again.query_features().text, pairs.query_features().text)
+
+
+def test_an_interrupted_encoding_keeps_what_it_encoded(corpus, tiny_encoder, tmp_path, monkeypatch):
+    from unimir.index import Index
+    from unimir.training import training_pairs
+
+    index = Index.build(corpus["pool"], tmp_path / "idx", encoder=tiny_encoder)
+    real_encode, calls = index.encoder.encode, []
+
+    def failing_second_call(items, side, *args, **kwargs):
+        if side == "query":
+            calls.append(len(items))
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+        return real_encode(items, side, *args, **kwargs)
+
+    monkeypatch.setattr("unimir.training.QUERY_CHUNK", 6)  # three chunks of 6 queries
+    monkeypatch.setattr(index.encoder, "encode", failing_second_call)
+    with pytest.raises(KeyboardInterrupt):
+        training_pairs(index, [corpus["t2i"]], work_dir=tmp_path / "work")
+    calls.clear()
+    monkeypatch.setattr(index.encoder, "encode", lambda items, side, *a, **k: (
+        calls.append(len(items) if side == "query" else 0), real_encode(items, side, *a, **k))[1])
+    pairs = training_pairs(index, [corpus["t2i"]], work_dir=tmp_path / "work")
+    assert sum(calls) == 12  # the first chunk's 6 drawn queries were kept; the other 12 are encoded now
+    assert pairs.queries.ensure(pairs.query_rows[pairs.draw(0)]).all()
+
+
+def test_a_query_that_cannot_be_encoded_is_left_out_with_its_pairs(corpus, tiny_encoder, tmp_path, monkeypatch):
+    from unimir.index import Index
+    from unimir.training import training_pairs
+
+    index = Index.build(corpus["pool"], tmp_path / "idx", encoder=tiny_encoder)
+    real_encode = index.encoder.encode
+
+    bad = json.loads(corpus["t2i"].read_text().splitlines()[2])["qid"]
+
+    def fail_on_bad(items, side, *args, **kwargs):  # as an unreadable query image would
+        feats, ok = real_encode(items, side, *args, **kwargs)
+        return feats, ok & np.array([side != "query" or item.name != bad for item in items])
+
+    monkeypatch.setattr(index.encoder, "encode", fail_on_bad)
+    pairs = training_pairs(index, [corpus["t2i"]], work_dir=tmp_path / "work")
+    assert pairs.num_groups == 17 and len(pairs) == 34
 
 
 def test_an_index_that_stores_its_parts_is_trained_from_them_in_place(corpus, tiny_encoder, tmp_path):
@@ -201,3 +267,96 @@ def test_training_pairs_default_to_a_temporary_folder_that_goes_with_them(corpus
     del pairs
     gc.collect()
     assert not scratch.exists()
+
+
+def test_an_epoch_draws_one_pair_per_query_uniformly_and_reproducibly():
+    """Groups of 1, 2 and 3 alternatives (paraphrase x positive): each epoch one pair per group, every alternative
+    drawn about equally often over epochs, the same draws again for the same (seed, epoch), and a subset that keeps
+    groups whole draws the same pairs for them."""
+    corpus = synthetic_corpus(12, dim=DIM, queries_per_item=1, seed=1)
+    groups = np.repeat(np.arange(6), [1, 2, 3, 1, 2, 3])  # 12 pairs in 6 groups
+    pairs = TrainingPairs(corpus.queries, corpus.candidates, corpus.modalities, corpus.positives, groups=groups)
+    assert pairs.num_groups == 6
+    counts = np.zeros(len(pairs))
+    for epoch in range(600):
+        drawn = pairs.draw(epoch, seed=4)
+        assert sorted(groups[drawn].tolist()) == list(range(6))  # one pair per group
+        counts[drawn] += 1
+    sizes = np.bincount(groups)[groups]
+    np.testing.assert_allclose(counts, 600 / sizes, rtol=0.25)  # uniform within each group (sd ~ 4-7 %)
+    np.testing.assert_array_equal(pairs.draw(7, seed=4), pairs.draw(7, seed=4))
+    assert any(not np.array_equal(pairs.draw(e, seed=4), pairs.draw(e, seed=5)) for e in range(5))
+    keep = np.isin(groups, [1, 2, 5])
+    sub = pairs.subset(keep)
+    for epoch in range(10):
+        np.testing.assert_array_equal(np.flatnonzero(keep)[sub.draw(epoch, seed=4)],
+                                      [p for p in pairs.draw(epoch, seed=4) if keep[p]])
+    fixed = TrainingPairs(corpus.queries, corpus.candidates, corpus.modalities, corpus.positives, groups=groups,
+                          redraw=False)
+    assert all(np.array_equal(fixed.draw(e), fixed.draw(0)) for e in range(10))
+    # no groups: every pair every epoch, as before
+    plain = TrainingPairs(corpus.queries, corpus.candidates, corpus.modalities, corpus.positives)
+    np.testing.assert_array_equal(plain.draw(3), np.arange(12))
+
+
+def test_training_trains_each_epoch_on_the_drawn_pairs_only(monkeypatch, one_torch_thread):
+    """Both stages read one pair per query and epoch: the batches of an epoch hold exactly that epoch's draw."""
+    corpus = synthetic_corpus(16, dim=DIM, queries_per_item=2, seed=2)  # 32 pairs; two per group
+    groups = np.arange(len(corpus.positives)) // 2
+    pairs = TrainingPairs(corpus.queries, corpus.candidates, corpus.modalities, corpus.positives, groups=groups)
+    seen: list[np.ndarray] = []
+    real = TrainingPairs.query_features
+
+    def spy(self, rows=slice(None)):
+        if not isinstance(rows, slice):
+            seen.append(np.asarray(rows))
+        return real(self, rows)
+
+    monkeypatch.setattr(TrainingPairs, "query_features", spy)
+    quantizer = SemanticQuantizer(QuantizerConfig.from_spec(SPEC, dim=DIM))
+    config = QuantizerTrainConfig(epochs=2, batch_size=8, seed=3, kmeans_init_samples=16, pool_refit=False)
+    seen.clear()
+    quantizer.train(pairs, config, progress=False, log=False)
+    batches = seen[-4:]  # 16 drawn pairs per epoch in batches of 8: 2 steps x 2 epochs
+    for epoch in range(2):
+        got = np.sort(np.concatenate(batches[2 * epoch:2 * epoch + 2]))
+        np.testing.assert_array_equal(got, pairs.draw(epoch, seed=3))
+
+
+@pytest.mark.parametrize("draws", [1, 2])
+def test_generator_stage_with_drawn_pairs_matches_an_eager_reference(two_ways, draws):
+    """Each query of ``two_ways`` has two positives, one group: the generator trains each epoch on ``draws`` drawn
+    pairs per query plus every pool pair, and the gap shift is measured on the first draw."""
+    in_ram, mapped = two_ways
+    groups = mapped.query_rows.copy()
+    grouped = TrainingPairs(mapped.queries, mapped.candidates, mapped.candidate_modalities, mapped.positives,
+                            mapped.query_targets, mapped.query_rows, groups)
+    q, _ = _quantizer(in_ram)
+    config = GeneratorTrainConfig(batch_size=16, epochs=3, lr=3e-3, pool_noise=0.3, seed=2, query_draws=draws)
+    pool = (in_ram.candidates, in_ram.candidate_modalities)
+
+    first = grouped.draw(0, config.seed)
+    z_all = q.embed(in_ram.queries)
+    z_cand = q.embed(in_ram.candidates)
+    targets = q.codes_from_embeddings(z_cand, pool[1])
+    offsets = group_offsets(z_all[first], z_cand[in_ram.positives[first]], modality_of(in_ram.queries[first]),
+                            in_ram.query_targets[first])
+    shifted_rows, shifted = shifted_pool_inputs(z_cand, np.asarray(pool[1]), offsets,
+                                                np.random.default_rng([config.seed, 13]))
+    n = len(in_ram)
+    z_q = np.concatenate([z_all, z_cand, shifted])
+    z_p = np.concatenate([z_cand[in_ram.positives], z_cand, shifted])
+    codes = np.concatenate([targets[in_ram.positives], targets, targets[shifted_rows]])
+    noise = np.concatenate([np.zeros(n, np.float32), np.full(len(z_cand) + len(shifted), 0.3, np.float32)])
+    extra = np.arange(n, len(z_q))
+    shape = {"dim": DIM, "levels": q.config.levels, "codebook_size": q.config.codebook_size}
+    eager = IDGenerator(GeneratorConfig.from_dict({**GEN.to_dict(), **shape}), seed=config.seed)
+    eager.init_code_embeddings(q.codebooks(), seed=config.seed)
+    want = train_generator(eager, z_q, z_p, codes, config, progress=False, noise=noise, log=False,
+                           epoch_rows=lambda e: np.concatenate([grouped.draw(e * draws + j, config.seed)
+                                                                for j in range(draws)] + [extra]))
+    got = GenerativeRetriever(q).fit_generator(grouped, config, GEN, progress=False, pool=(mapped.candidates, pool[1]),
+                                               log=False)
+    assert got.steps == want.steps == 3 * -(-(draws * len(in_ram) // 2 + len(z_cand) + len(shifted)) // 16)
+    for a, b in zip(want.history, got.history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), a["epoch"]

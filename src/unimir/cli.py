@@ -230,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "queries) here")
     s.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
     s.add_argument("--strict", action="store_true", help="fail on the first bad query instead of dropping it")
+    s.add_argument("--fixed-draws", action="store_true", help="train each query with the same instruction "
+                   "paraphrase and positive every epoch (default: drawn anew per epoch)")
     # generalisation (docs/bench/generative-ablation.md)
     s.add_argument("--val-share", type=_fraction, default=None, help="share of training targets held out for "
                    "validation and early stopping (default 0.1; 0: none)")
@@ -238,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "validation weights are kept either way)")
     s.add_argument("--pool-noise", type=_non_negative_float, default=None,
                    help="noise on index-time pool pairs (default 0.5)")
+    s.add_argument("--query-draws", type=_positive_int, default=None, help="generator: (query, positive) pairs "
+                   "drawn per training query and epoch, beside one pass over the pool pairs (default 4)")
     s.add_argument("--no-pool-pairs", action="store_true", help="train on (query, positive) pairs only")
     s.add_argument("--no-pool-shift", action="store_true", help="no gap-shifted copies of the pool pairs "
                    "(each item's vector moved by its task's mean query-positive offset)")
@@ -489,10 +493,13 @@ def cmd_train(args, progress: bool) -> int:
         if not args.queries:
             raise InvalidInputError(f"--stage {args.stage} needs --queries (M-BEIR training queries)")
         pairs = training_pairs(index, args.queries, qrels=args.qrels, root=args.root,
-                               instructions=args.instructions, seed=args.seed, progress=progress, problems=problems,
+                               instructions=args.instructions, seed=args.seed, redraw=not args.fixed_draws,
+                               progress=progress, problems=problems,
                                work_dir=args.checkpoint_dir)  # the encoded queries are kept there for --resume
         _report(problems)
-        print(f"{len(pairs)} training pairs from {', '.join(Path(q).name for q in args.queries)}")
+        print(f"{pairs.num_groups} training queries from {', '.join(Path(q).name for q in args.queries)}: "
+              f"{len(pairs)} pairs of paraphrase and positive, one drawn per query and epoch")
+    reported = len(problems)
     pick = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731
     report = train(
         index, pairs, stage=args.stage, quantizer=args.quantizer,
@@ -501,9 +508,12 @@ def cmd_train(args, progress: bool) -> int:
         generator=GeneratorConfig(**pick(num_layers=args.layers, d_model=args.d_model)),
         generator_config=GeneratorTrainConfig(**pick(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                                      seed=args.seed, device=args.device, val_share=args.val_share,
-                                                     patience=args.patience, pool_noise=args.pool_noise),
+                                                     patience=args.patience, pool_noise=args.pool_noise,
+                                                     query_draws=args.query_draws),
                                               pool_pairs=not args.no_pool_pairs, pool_shift=not args.no_pool_shift),
         progress=progress, checkpoint_dir=args.checkpoint_dir, resume=args.resume, log=not args.quiet)
+    if len(problems) > reported:  # paraphrases first drawn (and encoded) in later epochs
+        _report(Problems(items=problems.items[reported:]))
     if report.collisions is not None:
         c = report.collisions
         print(f"semantic IDs: {c.n_distinct} distinct for {c.n_items} items (ratio {c.distinct_ratio:.3f}), "

@@ -41,11 +41,18 @@ def subset(pairs: TrainingPairs, mask: np.ndarray) -> TrainingPairs:
 
 
 def sample(pairs: TrainingPairs | None, limit: int = MAX_VAL_QUERIES, seed: int = 0) -> TrainingPairs | None:
-    if pairs is None or len(pairs) <= limit:
-        return pairs
-    mask = np.zeros(len(pairs), bool)
-    mask[np.random.default_rng([seed, 11]).choice(len(pairs), size=limit, replace=False)] = True
-    return subset(pairs, mask)
+    """At most ``limit`` of the pairs (every paraphrase and positive of a query is a pair), seeded, with their
+    queries encoded; pairs whose query cannot be encoded are left out."""
+    if pairs is None:
+        return None
+    mask = np.ones(len(pairs), bool)
+    if len(pairs) > limit:
+        mask[:] = False
+        mask[np.random.default_rng([seed, 11]).choice(len(pairs), size=limit, replace=False)] = True
+    ensure = getattr(pairs.queries, "ensure", None)
+    if ensure is not None:  # lazily encoded queries (training.LazyQueryParts): these may not be drawn yet
+        mask[mask] = ensure(pairs.query_rows[mask])
+    return pairs if mask.all() else (subset(pairs, mask) if mask.any() else None)
 
 
 def recall(index: "Index", pairs: TrainingPairs, mode: str, k: int = K_RECALL, beams: int | None = None) -> float:

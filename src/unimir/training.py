@@ -6,13 +6,12 @@ ID generator against those codes; ``all`` does both. Everything is stored in the
 Training streams, so that 1.1M M-BEIR training queries fit one machine (docs/bench/train-scale.md measures it):
 a pair is a (query row, candidate row) pair of ints; candidate rows are read from the index's memory-mapped fp16
 segments (or, for an index that stores no parts, from a folder of them encoded once: :func:`candidate_features`),
-query rows from a folder of fp16 parts that :func:`training_pairs` encodes once and memory-maps, and each stage
-gathers one batch at a time through a DataLoader over row indices (``quantizer.pairs``). Every instruction
-paraphrase of a query is encoded once and is its own pair, rather than one paraphrase being drawn (and encoded)
-per epoch: encoding is the expensive step (an encoder in the training loop would encode every epoch again, 10-30
-epochs), over the epochs a per-epoch draw would encode most paraphrases anyway, and enumerating them gives each
-paraphrase the same weight in every epoch with no extra sampling noise. The price is disk, not RAM: 4·d bytes per
-(query, paraphrase) row, read through the page cache.
+query rows from a folder of fp16 parts (:class:`LazyQueryParts`), and each stage gathers one batch at a time
+through a DataLoader over row indices (``quantizer.pairs``). A training query has one pair per instruction
+paraphrase and positive; every epoch draws one of them per query (``TrainingPairs.draw``, genius-method.md
+§8.10), and a paraphrase is encoded when a draw first needs it: one encoding per query before training starts,
+then each epoch only its new draws (with 4 paraphrases, about 44 % of them are drawn by epoch 2 and 90 % by
+epoch 8). The price is disk, not RAM: 4·d bytes per encoded (query, paraphrase) row, read through the page cache.
 """
 
 from __future__ import annotations
@@ -29,10 +28,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import health
-from .atomic import TEMP_SUFFIX, fsync_dir
+from .atomic import TEMP_SUFFIX, fsync_dir, write_npy
 from .data.mbeir import InstructionTable, QrelsTable, read_qrels, read_queries
 from .data.problems import Problems
-from .encoders import EmbeddingCache
+from .encoders import EmbeddingCache, Features
 from .errors import InvalidInputError
 from .generator import GenerativeRetriever, GeneratorConfig, GeneratorTrainConfig
 from .index import Index
@@ -45,6 +44,7 @@ STAGES = ("quantizer", "generator", "index", "all")
 QUERY_CHUNK = 4096  # queries prepared and encoded at a time (their items, <= 4096 x paraphrases, are held)
 QUERY_FEATURES = "query-features"  # folder name (prefix) of the encoded training queries' parts
 CANDIDATE_FEATURES = "candidate-features"  # ... and of the candidates' parts, for an index that stores none
+ENCODED = "encoded"  # LazyQueryParts: the mask of query rows tried so far
 
 
 @dataclass
@@ -59,20 +59,21 @@ class TrainReport:
 
 def training_pairs(index: Index, query_files: Sequence["str | Path"], *, qrels: Sequence["str | Path"] = (),
                    root: "str | Path | None" = None, instructions: "str | Path | InstructionTable | None" = None,
-                   seed: int = 0, progress: bool = False, problems: Problems | None = None,
+                   seed: int = 0, redraw: bool = True, progress: bool = False, problems: Problems | None = None,
                    work_dir: "str | Path | None" = None) -> TrainingPairs:
-    """Encode training queries (one row per instruction paraphrase) and pair each with every positive in the pool.
+    """The (query, positive) pairs of training queries over this index, one pair per instruction paraphrase and
+    positive in the pool, grouped by query: every epoch trains on one drawn pair per query
+    (``TrainingPairs.draw``; ``redraw=False`` keeps the first draw for all epochs). Positives absent from the pool
+    are skipped.
 
-    Using every paraphrase and every positive as its own pair is the epoch-free form of redrawing them per epoch
-    (genius-method.md §8.10). Positives absent from the pool are skipped.
-
-    The pairs are row indices: query rows into a folder of memory-mapped fp16 query parts (:data:`QUERY_FEATURES`
-    under ``work_dir``, a temporary folder by default, removed with the pairs), candidate rows into the index's
-    parts (:func:`candidate_features`). Queries are prepared and encoded :data:`QUERY_CHUNK` at a time; a
-    first pass over them only counts rows, so the parts files are allocated once at their final size. The folder
-    is written under a temporary name and renamed when complete; its name carries a digest of the encoder and of
-    every query text and image, so a rerun with the same ``work_dir`` (``unimir train --checkpoint-dir``) reuses
-    it instead of encoding again.
+    The pairs are row indices: query rows into :class:`LazyQueryParts` (:data:`QUERY_FEATURES` under
+    ``work_dir``, a temporary folder by default, removed with the pairs), candidate rows into the index's parts
+    (:func:`candidate_features`). A paraphrase is encoded when a draw first needs it, so this call encodes one
+    per query (the first draw) and each later epoch only the paraphrases it draws for the first time. Queries are
+    prepared :data:`QUERY_CHUNK` at a time; a first pass only counts rows, so the parts files are allocated once at
+    their final size. The folder's name carries a digest of the encoder and of every query text and image, so a
+    rerun with the same ``work_dir`` (``unimir train --checkpoint-dir``) reuses what was encoded. A query whose
+    first drawn paraphrase cannot be encoded (an unreadable image) is left out with all its pairs.
     """
     problems = problems if problems is not None else Problems()
     relevant = QrelsTable() if qrels else None
@@ -100,53 +101,135 @@ def training_pairs(index: Index, query_files: Sequence["str | Path"], *, qrels: 
             digest.update(f"{item.text}\0{item.image}\1".encode())
     if rows == 0:
         raise InvalidInputError("no training pair: none of the queries' positives is in this index")
+
+    def encode_rows(wanted: np.ndarray):
+        """Encode the query rows ``wanted`` (sorted, unique): yields (rows, Features, ok) per prepared chunk."""
+        cache, offset = EmbeddingCache(), 0
+        try:
+            for prepared in prepared_chunks(Problems()):  # preparation problems were reported by pass 2
+                n = len(prepared.items)
+                lo, hi = np.searchsorted(wanted, [offset, offset + n])
+                if hi > lo:
+                    items = [prepared.items[i] for i in wanted[lo:hi] - offset]
+                    feats, ok = index.encoder.encode(items, "query", cache=cache, problems=problems)
+                    yield wanted[lo:hi], feats, ok
+                offset += n
+                if hi == len(wanted):
+                    break
+        finally:
+            cache.close()
+
     keepalive = None
     if work_dir is None:
         keepalive = tempfile.TemporaryDirectory(prefix="unimir-train-")
         work_dir = keepalive.name
-    folder = Path(work_dir) / f"{QUERY_FEATURES}-{digest.hexdigest()[:16]}"
-    cached = folder.is_dir()
-    writer = None if cached else _PartsWriter(folder, rows, index.manifest.dim)
+    queries = LazyQueryParts(Path(work_dir) / f"{QUERY_FEATURES}-{digest.hexdigest()[:16]}", rows,
+                             index.manifest.dim, encode_rows, progress=progress)
 
-    # pass 2: encode into the parts files (unless cached) and collect the pairs as row arrays
-    query_rows, positive_rows, targets = [], [], []
-    offset = 0
-    cache = EmbeddingCache()
-    try:
-        with progress_bar(rows, "encode training queries", enabled=progress and not cached) as bar:
-            for prepared in prepared_chunks(problems):
-                n = len(prepared.items)
-                if writer is not None and n:
-                    feats, ok = index.encoder.encode(prepared.items, "query", cache=cache, problems=problems)
-                    writer.write(offset + np.flatnonzero(ok), feats)
-                    bar.update(n)
-                else:
-                    ok = np.ones(n, bool)
-                rows_of = index.rows_of({d for rel in prepared.relevant for d in rel})  # one batched lookup
-                chunk = [(offset + i, row, target.code if target else int(index.modality_codes[row]))
-                         for i, (target, rel) in enumerate(zip(prepared.targets, prepared.relevant)) if ok[i]
-                         for row in (rows_of.get(did) for did in sorted(rel)) if row is not None]
-                if chunk:  # int64 arrays per chunk: 24 B per pair, not three Python ints
-                    for column, values in zip((query_rows, positive_rows, targets), zip(*chunk)):
-                        column.append(np.asarray(values, np.int64))
-                offset += n
-        if writer is not None:
-            writer.commit()
-    finally:
-        cache.close()
-        if writer is not None:
-            writer.abandon()
-    queries = read_features(folder)
-    query_rows, positive_rows, targets = (np.concatenate(c) if c else np.zeros(0, np.int64)
-                                          for c in (query_rows, positive_rows, targets))
-    if cached:  # rows whose encoding failed when the folder was written have no part: leave their pairs out
-        encoded = (np.asarray(queries.image_mask) | np.asarray(queries.text_mask))[query_rows]
-        query_rows, positive_rows, targets = query_rows[encoded], positive_rows[encoded], targets[encoded]
-    if not len(positive_rows):
+    # pass 2: the pairs as row arrays (query row, positive row, target modality, query group); nothing is encoded
+    columns: list[list[np.ndarray]] = [[], [], [], []]
+    offset = group = 0
+    for prepared in prepared_chunks(problems):
+        rows_of = index.rows_of({d for rel in prepared.relevant for d in rel})  # one batched lookup
+        chunk, previous = [], None
+        for i, (query, target, rel) in enumerate(zip(prepared.queries, prepared.targets, prepared.relevant)):
+            if query is not previous:  # a query's paraphrases are consecutive items of the same record
+                group, previous = group + 1, query
+            chunk += [(offset + i, row, target.code if target else int(index.modality_codes[row]), group)
+                      for row in (rows_of.get(did) for did in sorted(rel)) if row is not None]
+        if chunk:  # int64 arrays per chunk: 32 B per pair, not four Python ints
+            for column, values in zip(columns, zip(*chunk)):
+                column.append(np.asarray(values, np.int64))
+        offset += len(prepared.items)
+    if not columns[0]:
         raise InvalidInputError("no training pair: none of the queries' positives is in this index")
-    return TrainingPairs(queries, candidate_features(index, work_dir, progress=progress),
-                         index.modality_codes.astype(np.int64), positive_rows, targets, query_rows,
-                         keepalive=keepalive)
+    query_rows, positive_rows, targets, groups = (np.concatenate(c) for c in columns)
+    pairs = TrainingPairs(queries, candidate_features(index, work_dir, progress=progress),
+                          index.modality_codes.astype(np.int64), positive_rows, targets, query_rows, groups,
+                          redraw=redraw, keepalive=keepalive)
+    first = pairs.choose(0, seed)  # encoded now: validation, statistics and epoch 0 read these
+    encoded = queries.ensure(query_rows[first])
+    if not encoded.all():
+        if not encoded.any():
+            raise InvalidInputError("no training pair: none of the training queries could be encoded")
+        pairs = pairs.subset(~np.isin(groups, groups[first[~encoded]]))
+    return pairs
+
+
+class LazyQueryParts:
+    """The training queries' fp16 parts, encoded when a draw first needs them (``TrainingPairs.draw`` calls
+    :meth:`ensure`): a feature source (``len``, ``dim``, ``[rows]``).
+
+    The folder holds ``image.npy`` and ``text.npy`` [rows, d], memory maps allocated at full size (sparse on disk
+    until written), the two part masks, and ``encoded.npy`` (rows tried so far, encoded or failed). The masks are
+    rewritten atomically after the rows are flushed, so an interrupted run keeps what it encoded and a rerun over
+    the same folder encodes only the rest. (One training run per folder at a time.)"""
+
+    def __init__(self, folder: Path, rows: int, dim: int, encode, *, progress: bool = False):
+        self.folder, self.encode, self.progress = folder, encode, progress
+        if not folder.is_dir():
+            writer = _PartsWriter(folder, rows, dim)
+            try:
+                writer.commit(extra={ENCODED: np.zeros(rows, bool)})
+            finally:
+                writer.abandon()
+        try:
+            self.parts = {name: np.load(folder / f"{name}.npy", mmap_mode="r+", allow_pickle=False)
+                          for name in ("image", "text")}
+            self.masks = {name: np.array(np.load(folder / f"{name}.npy", allow_pickle=False), bool)
+                          for name in ("image_mask", "text_mask")}
+            file = folder / f"{ENCODED}.npy"
+            # a folder written whole by an earlier version has no record of tried rows: its encoded rows are those
+            self.tried = (np.array(np.load(file, allow_pickle=False), bool) if file.is_file()
+                          else self.masks["image_mask"] | self.masks["text_mask"])
+        except (OSError, ValueError) as exc:
+            raise InvalidInputError(f"{folder}: unreadable encoded training queries ({exc}); remove the folder to "
+                                    "encode them again") from None
+        shapes = {name: a.shape for name, a in {**self.parts, **self.masks, ENCODED: self.tried}.items()}
+        if any(shape[:1] != (rows,) for shape in shapes.values()) or self.parts["image"].shape[1:] != (dim,):
+            raise InvalidInputError(f"{folder}: encoded training queries of the wrong shape {shapes} (expected "
+                                    f"{rows} rows of d={dim}); remove the folder to encode them again")
+
+    def __len__(self) -> int:
+        return int(self.tried.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.parts["image"].shape[1])
+
+    @property
+    def image_mask(self) -> np.ndarray:
+        return self.masks["image_mask"]
+
+    @property
+    def text_mask(self) -> np.ndarray:
+        return self.masks["text_mask"]
+
+    def __getitem__(self, rows) -> Features:
+        return Features(self.parts["image"][rows], self.parts["text"][rows], self.masks["image_mask"][rows],
+                        self.masks["text_mask"][rows])
+
+    def ensure(self, rows: np.ndarray) -> np.ndarray:
+        """Encode those of ``rows`` not tried yet; returns bool [len(rows)]: which rows have features."""
+        rows = np.asarray(rows, np.int64)
+        wanted = np.unique(rows[~self.tried[rows]])
+        if len(wanted):
+            try:
+                with progress_bar(len(wanted), "encode training queries", enabled=self.progress) as bar:
+                    for block, feats, ok in self.encode(wanted):
+                        good = block[ok]
+                        self.parts["image"][good] = feats.image[ok].astype(np.float16)
+                        self.parts["text"][good] = feats.text[ok].astype(np.float16)
+                        self.masks["image_mask"][block] = np.asarray(feats.image_mask, bool) & ok
+                        self.masks["text_mask"][block] = np.asarray(feats.text_mask, bool) & ok
+                        self.tried[block] = True
+                        bar.update(len(block))
+            finally:  # what was encoded is kept, even when an error stops the run
+                for part in self.parts.values():
+                    part.flush()
+                for name, mask in {**self.masks, ENCODED: self.tried}.items():
+                    write_npy(self.folder / f"{name}.npy", mask)
+        return self.masks["image_mask"][rows] | self.masks["text_mask"][rows]
 
 
 def candidate_features(index: Index, work_dir: "str | Path", *, progress: bool = False, chunk: int = QUERY_CHUNK):
@@ -194,11 +277,11 @@ class _PartsWriter:
         self.parts["text"][rows] = feats.text.astype(np.float16)
         self.masks["image_mask"][rows], self.masks["text_mask"][rows] = feats.image_mask, feats.text_mask
 
-    def commit(self) -> None:
+    def commit(self, extra: dict[str, np.ndarray] | None = None) -> None:
         for part in self.parts.values():
             part.flush()
         self.parts.clear()
-        for name, mask in self.masks.items():
+        for name, mask in {**self.masks, **(extra or {})}.items():
             np.save(self.tmp / f"{name}.npy", mask, allow_pickle=False)
         for file in self.tmp.iterdir():
             with open(file, "rb+") as f:
@@ -251,8 +334,9 @@ def train(index: Index, pairs: TrainingPairs | None, *, stage: str = "all", quan
         dim = index.manifest.dim
         config = QuantizerConfig.from_spec(quantizer, dim=dim) if quantizer else QuantizerConfig(dim=dim)
         retriever = GenerativeRetriever(SemanticQuantizer(config))
-        say(f"[quantizer] training {config.spec} on {len(train_pairs)} pairs "
-            f"({0 if val_pairs is None else len(val_pairs)} held back for validation)")
+        say(f"[quantizer] training {config.spec} on {train_pairs.num_groups} queries, one of their "
+            f"{len(train_pairs)} pairs {'drawn per epoch' if pairs.redraw else 'drawn once for all epochs'} "
+            f"({0 if val_pairs is None else val_pairs.num_groups} queries held back for validation)")
         report.quantizer = retriever.fit_quantizer(train_pairs, quantizer_config, progress=progress,
                                                    checkpoint_path=ckpt / "quantizer" if ckpt else None,
                                                    resume=resume, log=log)
@@ -267,7 +351,9 @@ def train(index: Index, pairs: TrainingPairs | None, *, stage: str = "all", quan
         index.generative = retriever
         val_small = health.sample(val_pairs)
         validate = (lambda: health.recall(index, val_small, "generative")) if val_small is not None else None
-        say(f"[generator] training on {len(train_pairs)} pairs"
+        draws = gen_config.query_draws
+        say(f"[generator] training on {train_pairs.num_groups} queries ({draws} drawn pair{'s' * (draws > 1)} each "
+            "per epoch)"
             + (f" + {len(index)} index-time pool pairs" if gen_config.pool_pairs else ""))
         report.generator = retriever.fit_generator(train_pairs, gen_config, generator, progress=progress,
                                                    checkpoint_path=ckpt / "generator" if ckpt else None,

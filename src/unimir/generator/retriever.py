@@ -148,8 +148,11 @@ class GenerativeRetriever:
             positives.append(pool_rows)  # a self-pair: the item's own vector -> its ID
             targets = np.concatenate([targets, pool_codes])
             noise = np.concatenate([noise, np.full(len(pool_rows), config.pool_noise, np.float32)])
-            if config.pool_shift:
-                offsets = streamed_group_offsets(q, queries[0], positives[0], pairs.query_targets)
+            if config.pool_shift:  # the offsets of each training query once (its first drawn pair)
+                first = pairs.draw(0, config.seed)
+                offsets = streamed_group_offsets(q, FeatureRows(pairs.queries, pairs.query_rows[first]),
+                                                 FeatureRows(pairs.candidates, pairs.positives[first]),
+                                                 pairs.query_targets[first])
                 shifted_rows, choice, deltas = shift_plan(np.asarray(pool[1]), offsets,
                                                           np.random.default_rng([config.seed, 13]))
                 if len(shifted_rows):
@@ -159,9 +162,15 @@ class GenerativeRetriever:
                     targets = np.concatenate([targets, pool_codes[shifted_rows]])
                     noise = np.concatenate([noise, np.full(len(shifted), config.pool_noise, np.float32)])
         z_q, z_p = Embedded(q, queries), Embedded(q, positives)
+        pool_part = np.arange(len(pairs), len(targets), dtype=np.int64)
+
+        def epoch_rows(epoch: int) -> np.ndarray:  # query_draws drawn pairs per training query + every pool pair
+            k = config.query_draws
+            return np.concatenate([pairs.draw(epoch * k + j, config.seed) for j in range(k)] + [pool_part])
+
         report = train_generator(self.generator, z_q, z_p, targets, config, progress=progress,
                                  checkpoint_path=checkpoint_path, resume=resume, noise=noise, validate=validate,
-                                 log=log)
+                                 epoch_rows=epoch_rows, log=log)
         self.train_configs["generator"] = config.to_dict()
         self.learned_rows = len(self)
         return report

@@ -45,6 +45,11 @@ class GeneratorTrainConfig:
     pool_noise: float = 0.5  # relative norm of Gaussian noise on those self-pair inputs (regions, not points)
     pool_shift: bool = True  # + one self-pair per item moved by its task's mean query-positive offset (augment.py)
     query_noise: float = 0.0  # the same for (query, positive) inputs, after mixing
+    # (query, positive) pairs drawn per training query and epoch (independent draws of paraphrase and positive),
+    # beside one pass over the pool pairs: the weight of the queries against the pool pairs. 4 is the weight that
+    # the demo's 4 instruction paraphrases had when each was its own pair; chosen on validation recall over
+    # 1, 2, 4 (docs/bench/generative-ablation.md, stop 20)
+    query_draws: int = 4
     val_share: float = 0.1  # share of training targets held out as unseen validation targets (0: none)
     val_every: int = 2  # epochs between validation runs
     # validation runs without improvement before stopping early; 0: run every epoch (the best validation weights
@@ -55,8 +60,8 @@ class GeneratorTrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.epochs < 1:
-            raise InvalidInputError("generator batch_size and epochs must be >= 1")
+        if self.batch_size < 1 or self.epochs < 1 or self.query_draws < 1:
+            raise InvalidInputError("generator batch_size, epochs and query_draws must be >= 1")
         if not 0.0 <= self.mix_prob <= 1.0:
             raise InvalidInputError(f"mix_prob must be in [0, 1], got {self.mix_prob}")
         if not 0.0 <= self.val_share < 1.0 or self.val_every < 1 or self.patience < 0:
@@ -107,7 +112,7 @@ def train_generator(model: IDGenerator, z_q: np.ndarray, z_p: np.ndarray, target
                     config: GeneratorTrainConfig, *, progress: bool = True,
                     checkpoint_path: str | Path | None = None, resume: bool = False,
                     noise: np.ndarray | None = None, validate: Callable[[], float] | None = None,
-                    log: bool = True) -> GeneratorTrainReport:
+                    epoch_rows: Callable[[int], np.ndarray] | None = None, log: bool = True) -> GeneratorTrainReport:
     """Train in place on n pairs: z_q, z_p float32 [n, d] (combiner outputs of queries and positives) and
     target_codes int64 [n, L+1] (the positives' IDs). z_q and z_p may be lazy arrays (``shape`` and ``[rows]``,
     e.g. ``generator.retriever.Embedded``): a DataLoader reads them one batch of rows at a time.
@@ -119,6 +124,8 @@ def train_generator(model: IDGenerator, z_q: np.ndarray, z_p: np.ndarray, target
     noise: float [n], per-row relative noise added to the (mixed) inputs (default ``config.query_noise``).
     validate: called (model in eval mode) every ``config.val_every`` epochs; higher is better. The best weights
     are kept, and training stops after ``config.patience`` runs without improvement.
+    epoch_rows: the rows an epoch trains on (int64, the same number every epoch), e.g. one drawn pair per training
+    query (``TrainingPairs.draw``) plus the pool pairs; default all n rows.
     """
     n = z_q.shape[0]
     if z_p.shape != z_q.shape or target_codes.shape != (n, model.vocab.code_length):
@@ -133,7 +140,8 @@ def train_generator(model: IDGenerator, z_q: np.ndarray, z_p: np.ndarray, target
         return (torch.as_tensor(np.asarray(z_q[rows], np.float32)), torch.as_tensor(np.asarray(z_p[rows], np.float32)),
                 torch.as_tensor(np.asarray(target_codes[rows]), dtype=torch.long), torch.as_tensor(noise[rows]))
 
-    steps_per_epoch = math.ceil(n / config.batch_size)
+    rows_of_epoch = epoch_rows or (lambda epoch: np.arange(n, dtype=np.int64))
+    steps_per_epoch = math.ceil(len(rows_of_epoch(0)) / config.batch_size)
     total = steps_per_epoch * config.epochs
     optimizer = adamw(model, config.lr, config.weight_decay, betas=config.betas, eps=config.adam_eps)
     scheduler = warmup_cosine(optimizer, total, warmup_steps=round(config.warmup_ratio * total))
@@ -150,8 +158,10 @@ def train_generator(model: IDGenerator, z_q: np.ndarray, z_p: np.ndarray, target
     for epoch in range(step // steps_per_epoch, config.epochs):
         sums: dict[str, Any] = {"loss": 0.0, "token_acc": 0.0, "exact_acc": 0.0,
                                 "level_acc": np.zeros(model.vocab.code_length)}
-        sampler = EpochBatches(n, config.batch_size, config.seed, epoch, start=step - epoch * steps_per_epoch)
-        for zq_rows, zp_rows, target_rows, noise_rows in pair_batches(gather_batch, sampler, device):
+        rows = rows_of_epoch(epoch)
+        sampler = EpochBatches(len(rows), config.batch_size, config.seed, epoch, start=step - epoch * steps_per_epoch)
+        for zq_rows, zp_rows, target_rows, noise_rows in pair_batches(lambda at: gather_batch(rows[at]), sampler,
+                                                                      device):
             rng = np.random.default_rng([config.seed, 1 << 20, step])
             x = sample_mixed_inputs(zq_rows.to(device), zp_rows.to(device), config.mix_alpha, config.mix_prob, rng)
             if bool((noise_rows > 0).any()):

@@ -7,10 +7,16 @@ index's stored segments (``Index.feature_rows``). Batches are gathered from the 
 torch ``DataLoader`` over row indices (:func:`pair_batches`), as GENIUS and UniIR train from stored fp16 features,
 so no stage holds all pairs' vectors in RAM: what is resident is the index arrays (8 B per pair and field) and the
 batch being trained on.
+
+A training query with several instruction paraphrases or several positives is one *group* of alternative pairs;
+every epoch draws one pair per group from a seeded RNG (``TrainingPairs.draw``), as ``genius-method.md`` §8.10
+asks, instead of training on every alternative every epoch. A query source that encodes lazily (an ``ensure(rows)``
+method, ``training.LazyQueryParts``) encodes a paraphrase only when it is first drawn.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -34,6 +40,10 @@ class TrainingPairs:
         once per positive.
     query_targets: int64 [n], each query's target modality code (its level-0 code); None means the positive's.
     query_rows: int64 [n], row of each pair's query in ``queries``; None means row i for pair i (Q = n).
+    groups: int64 [n], the training query each pair is an alternative of (one pair per instruction paraphrase and
+        positive); an epoch trains on one pair per group (:meth:`draw`). None: every pair is its own group.
+    redraw: draw anew every epoch (True) or keep the first draw for all epochs (the reference's fixed instruction
+        and positive per query).
     keepalive: whatever owns the files behind memory-mapped sources (a temporary folder), kept as long as the pairs.
     """
 
@@ -43,6 +53,8 @@ class TrainingPairs:
     positives: np.ndarray
     query_targets: np.ndarray | None = None
     query_rows: np.ndarray | None = None
+    groups: np.ndarray | None = None
+    redraw: bool = True
     keepalive: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -79,6 +91,11 @@ class TrainingPairs:
                 raise InvalidInputError(f"{name} must be modality codes 0 image, 1 text, 2 image,text")
         if self.queries.dim != self.candidates.dim:
             raise InvalidInputError(f"query dim {self.queries.dim} != candidate dim {self.candidates.dim}")
+        if self.groups is not None:
+            self.groups = np.asarray(self.groups, dtype=np.int64)
+            if self.groups.shape != (n,):
+                raise InvalidInputError(f"groups must be int [{n}], got {self.groups.shape}")
+        self._group_index: tuple[np.ndarray, ...] | None = None
 
     def __len__(self) -> int:
         return int(self.positives.shape[0])
@@ -86,6 +103,45 @@ class TrainingPairs:
     @property
     def dim(self) -> int:
         return int(self.queries.dim)
+
+    @property
+    def num_groups(self) -> int:
+        """Training queries: the pairs an epoch trains on."""
+        return len(self) if self.groups is None else len(self._groups()[1])
+
+    def _groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(pairs sorted by group, each group's first position in that order, its size, its id), computed once."""
+        if self._group_index is None:
+            order = np.argsort(self.groups, kind="stable")
+            ids, starts, sizes = np.unique(self.groups[order], return_index=True, return_counts=True)
+            self._group_index = (order, starts, sizes, ids)
+        return self._group_index
+
+    def choose(self, epoch: int, seed: int = 0) -> np.ndarray:
+        """Pair indices (int64 [num_groups], ascending): one pair per group, uniform among the group's
+        alternatives. A group's pick depends only on (seed, epoch or 0 without ``redraw``, group id), so a subset
+        of the pairs draws the same pair for every group it keeps whole."""
+        if self.groups is None:
+            return np.arange(len(self), dtype=np.int64)
+        order, starts, sizes, ids = self._groups()
+        u = _unit_hash(seed, epoch if self.redraw else 0, ids)
+        return np.sort(order[starts + np.minimum((u * sizes).astype(np.int64), sizes - 1)])
+
+    def draw(self, epoch: int, seed: int = 0) -> np.ndarray:
+        """The pairs an epoch trains on (:meth:`choose`), with their queries readable: a query source that encodes
+        lazily encodes the drawn queries now, and a pair whose query fails to encode is replaced by another drawn
+        pair, so that every epoch has the same number of steps."""
+        chosen = self.choose(epoch, seed)
+        ensure = getattr(self.queries, "ensure", None)
+        if ensure is not None:
+            ok = np.asarray(ensure(self.query_rows[chosen]), bool)
+            if not ok.any():
+                raise InvalidInputError("no training query could be encoded")
+            if not ok.all():
+                good = chosen[ok]
+                fill = np.random.default_rng([seed, epoch, 1 << 21]).choice(good, size=len(chosen) - len(good))
+                chosen = np.sort(np.concatenate([good, fill]))
+        return chosen
 
     @property
     def positive_modalities(self) -> np.ndarray:
@@ -102,7 +158,26 @@ class TrainingPairs:
         """The given pairs (int rows or a bool mask), over the same sources: no features are copied."""
         pairs = np.flatnonzero(pairs) if np.asarray(pairs).dtype == bool else np.asarray(pairs, np.int64)
         return TrainingPairs(self.queries, self.candidates, self.candidate_modalities, self.positives[pairs],
-                             self.query_targets[pairs], self.query_rows[pairs], keepalive=self.keepalive)
+                             self.query_targets[pairs], self.query_rows[pairs],
+                             None if self.groups is None else self.groups[pairs], self.redraw,
+                             keepalive=self.keepalive)
+
+    def first_draw(self, seed: int = 0) -> "TrainingPairs":
+        """One pair per group (epoch 0's draw): for statistics over the training queries (the quantizer's pool
+        refit, the generator's gap offsets), so that each query counts once and only encoded queries are read."""
+        return self if self.groups is None else self.subset(self.draw(0, seed))
+
+
+def _unit_hash(seed: int, epoch: int, ids: np.ndarray) -> np.ndarray:
+    """Uniform floats in [0, 1), one per id, from a splitmix64 hash of (seed, epoch, id): a per-group draw that does
+    not depend on which other groups are present."""
+    salt = int.from_bytes(hashlib.blake2b(f"{seed}:{epoch}".encode(), digest_size=8).digest(), "little")
+    with np.errstate(over="ignore"):
+        x = np.asarray(ids, np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(salt)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 def gather(source: Any, rows: "np.ndarray | slice") -> Features:

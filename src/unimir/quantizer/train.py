@@ -66,8 +66,9 @@ def train_quantizer(quantizer: "SemanticQuantizer", pairs: TrainingPairs, config
     net = quantizer.net
     c0 = torch.cat([torch.as_tensor(pairs.query_targets), torch.as_tensor(pairs.positive_modalities)])
     n = len(pairs)
-    batch = min(config.batch_size, n)
-    steps_per_epoch = max(1, n // batch)  # drop the ragged tail: every step sees a full set of negatives
+    per_epoch = pairs.num_groups  # an epoch trains on one drawn pair per training query (pairs.draw)
+    batch = min(config.batch_size, per_epoch)
+    steps_per_epoch = max(1, per_epoch // batch)  # drop the ragged tail: every step sees a full set of negatives
     total = steps_per_epoch * config.epochs
 
     def gather_batch(rows: np.ndarray) -> tuple[torch.Tensor, ...]:
@@ -89,7 +90,8 @@ def train_quantizer(quantizer: "SemanticQuantizer", pairs: TrainingPairs, config
     if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
         step = int(load_training_state(checkpoint_path, {"quantizer": net}, optimizer, scheduler)["step"])
     elif not quantizer.is_trained:
-        _init_codebooks(quantizer, lambda rows: on_device(gather_batch(rows))[:2], n, batch, config)
+        _init_codebooks(quantizer, lambda rows: on_device(gather_batch(rows))[:2], pairs.draw(0, config.seed),
+                        batch, config)
 
     report = QuantizerTrainReport(steps=step)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -98,8 +100,10 @@ def train_quantizer(quantizer: "SemanticQuantizer", pairs: TrainingPairs, config
     steplog = StepLog("quantizer", total, enabled=log and not progress)
     for epoch in range(step // steps_per_epoch, config.epochs):
         sums: dict[str, float] = {}
-        sampler = EpochBatches(n, batch, config.seed, epoch, start=step - epoch * steps_per_epoch, drop_last=True)
-        for batch_tensors in pair_batches(gather_batch, sampler, device):
+        drawn = pairs.draw(epoch, config.seed)
+        sampler = EpochBatches(len(drawn), batch, config.seed, epoch, start=step - epoch * steps_per_epoch,
+                               drop_last=True)
+        for batch_tensors in pair_batches(lambda at: gather_batch(drawn[at]), sampler, device):
             feats, codes0, positive_rows = on_device(batch_tensors)
             rows_in_batch = len(positive_rows)
             with amp:
@@ -132,13 +136,14 @@ def train_quantizer(quantizer: "SemanticQuantizer", pairs: TrainingPairs, config
 
 @torch.no_grad()
 def _refit_on_pool(quantizer: "SemanticQuantizer", pairs: TrainingPairs, config: QuantizerTrainConfig) -> None:
-    """k-means codebooks on the trained combiner's outputs of every pool candidate plus the training pairs'
-    queries: the pool's items, not only the training targets, shape the codes. (k-means holds these outputs,
-    float32 [N + n, d], in memory.)"""
+    """k-means codebooks on the trained combiner's outputs of every pool candidate plus the training queries (one
+    drawn pair each): the pool's items, not only the training targets, shape the codes. (k-means holds these
+    outputs, float32 [N + queries, d], in memory.)"""
     device = quantizer.device
+    queries = pairs.first_draw(config.seed)
     zs, cs = [], []
     for source, codes in ((FeatureRows(pairs.candidates), pairs.candidate_modalities),
-                          (FeatureRows(pairs.queries, pairs.query_rows), pairs.query_targets)):
+                          (FeatureRows(queries.queries, queries.query_rows), queries.query_targets)):
         for start in range(0, len(codes), 4096):
             part = FeatureTensors.from_features(source[start:start + 4096], device)
             zs.append(quantizer.net.combiner(part).float())
@@ -149,12 +154,13 @@ def _refit_on_pool(quantizer: "SemanticQuantizer", pairs: TrainingPairs, config:
 
 
 @torch.no_grad()
-def _init_codebooks(quantizer: "SemanticQuantizer", batch_inputs, n: int, batch: int,
+def _init_codebooks(quantizer: "SemanticQuantizer", batch_inputs, candidates: np.ndarray, batch: int,
                     config: QuantizerTrainConfig) -> None:
-    """k-means on the combiner outputs of a random sample of pairs (queries and positives alike). The RNG stream
-    id is one no epoch uses."""
+    """k-means on the combiner outputs of a random sample of the pairs ``candidates`` (queries and positives
+    alike). The RNG stream id is one no epoch uses."""
     wanted = config.kmeans_init_samples or 2 * batch
-    rows = np.random.default_rng([config.seed, 1 << 20]).permutation(n)[:math.ceil(wanted / 2)]
+    picked = np.random.default_rng([config.seed, 1 << 20]).permutation(len(candidates))[:math.ceil(wanted / 2)]
+    rows = candidates[picked]
     zs, cs = [], []
     for chunk in (rows[i:i + 4096] for i in range(0, len(rows), 4096)):
         feats, codes0 = batch_inputs(chunk)
