@@ -115,7 +115,7 @@ def run_demo(out: "str | Path | None" = None, *, train: bool = True, progress: b
     pairs = training_pairs(index, [unseen_train_file(root)], progress=progress)
     report = train_generative(index, pairs, progress=progress)
     c = report.collisions
-    print(f"   {pairs.num_groups} training queries ({len(pairs)} pairs of paraphrase and positive, one drawn per "
+    print(f"   {pairs.num_groups} training queries ({len(pairs)} pairs of paraphrase and positive, drawn per "
           f"query and epoch); trained in {time.perf_counter() - t0:.0f} s; "
           f"quantizer {index.generative.quantizer.config.spec}: {c.n_distinct} distinct IDs for {c.n_items} items, "
           f"largest bucket {c.max_bucket}")
