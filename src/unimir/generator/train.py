@@ -48,7 +48,8 @@ class GeneratorTrainConfig:
     # (query, positive) pairs drawn per training query and epoch (independent draws of paraphrase and positive),
     # beside one pass over the pool pairs: the weight of the queries against the pool pairs. 4 is the weight that
     # the demo's 4 instruction paraphrases had when each was its own pair; chosen on validation recall over
-    # 1, 2, 4 (docs/bench/generative-ablation.md, stop 20)
+    # 1, 2, 4 (docs/bench/generative-ablation.md, stop 20). Only for pairs grouped by query (TrainingPairs.groups);
+    # ungrouped pairs are each trained once per epoch
     query_draws: int = 4
     val_share: float = 0.1  # share of training targets held out as unseen validation targets (0: none)
     val_every: int = 2  # epochs between validation runs
