@@ -147,7 +147,7 @@ def training_pairs(index: Index, query_files: Sequence["str | Path"], *, qrels: 
     pairs = TrainingPairs(queries, candidate_features(index, work_dir, progress=progress),
                           index.modality_codes.astype(np.int64), positive_rows, targets, query_rows, groups,
                           redraw=redraw, keepalive=keepalive)
-    first = pairs.choose(0, seed)  # encoded now: validation, statistics and epoch 0 read these
+    first = pairs.choose(0, seed)  # encoded now: epoch 0 and the statistics over training queries read these
     encoded = queries.ensure(query_rows[first])
     if not encoded.all():
         if not encoded.any():
@@ -217,11 +217,7 @@ class LazyQueryParts:
             try:
                 with progress_bar(len(wanted), "encode training queries", enabled=self.progress) as bar:
                     for block, feats, ok in self.encode(wanted):
-                        good = block[ok]
-                        self.parts["image"][good] = feats.image[ok].astype(np.float16)
-                        self.parts["text"][good] = feats.text[ok].astype(np.float16)
-                        self.masks["image_mask"][block] = np.asarray(feats.image_mask, bool) & ok
-                        self.masks["text_mask"][block] = np.asarray(feats.text_mask, bool) & ok
+                        _store_rows(self.parts, self.masks, block[ok], feats[ok])  # failed rows keep empty masks
                         self.tried[block] = True
                         bar.update(len(block))
             finally:  # what was encoded is kept, even when an error stops the run
@@ -260,6 +256,13 @@ def candidate_features(index: Index, work_dir: "str | Path", *, progress: bool =
     return read_features(folder)
 
 
+def _store_rows(parts: dict[str, np.ndarray], masks: dict[str, np.ndarray], rows: np.ndarray, feats) -> None:
+    """Features of ``rows`` into a parts folder's fp16 memory maps and its masks."""
+    parts["image"][rows] = feats.image.astype(np.float16)
+    parts["text"][rows] = feats.text.astype(np.float16)
+    masks["image_mask"][rows], masks["text_mask"][rows] = feats.image_mask, feats.text_mask
+
+
 class _PartsWriter:
     """Writes a parts folder (``image.npy``, ``text.npy`` fp16 [rows, d] memory maps and the two masks)
     under a temporary name beside ``folder``; ``commit`` flushes, syncs and renames it into place."""
@@ -273,9 +276,7 @@ class _PartsWriter:
         self.masks = {name: np.zeros(rows, bool) for name in ("image_mask", "text_mask")}
 
     def write(self, rows: np.ndarray, feats) -> None:
-        self.parts["image"][rows] = feats.image.astype(np.float16)
-        self.parts["text"][rows] = feats.text.astype(np.float16)
-        self.masks["image_mask"][rows], self.masks["text_mask"][rows] = feats.image_mask, feats.text_mask
+        _store_rows(self.parts, self.masks, rows, feats)
 
     def commit(self, extra: dict[str, np.ndarray] | None = None) -> None:
         for part in self.parts.values():
