@@ -149,10 +149,9 @@ class GenerativeRetriever:
             targets = np.concatenate([targets, pool_codes])
             noise = np.concatenate([noise, np.full(len(pool_rows), config.pool_noise, np.float32)])
             if config.pool_shift:  # the offsets of each training query once (its first drawn pair)
-                first = pairs.draw(0, config.seed)
-                offsets = streamed_group_offsets(q, FeatureRows(pairs.queries, pairs.query_rows[first]),
-                                                 FeatureRows(pairs.candidates, pairs.positives[first]),
-                                                 pairs.query_targets[first])
+                first = pairs.first_draw(config.seed)
+                offsets = streamed_group_offsets(q, FeatureRows(first.queries, first.query_rows),
+                                                 FeatureRows(first.candidates, first.positives), first.query_targets)
                 shifted_rows, choice, deltas = shift_plan(np.asarray(pool[1]), offsets,
                                                           np.random.default_rng([config.seed, 13]))
                 if len(shifted_rows):

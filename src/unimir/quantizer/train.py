@@ -154,13 +154,13 @@ def _refit_on_pool(quantizer: "SemanticQuantizer", pairs: TrainingPairs, config:
 
 
 @torch.no_grad()
-def _init_codebooks(quantizer: "SemanticQuantizer", batch_inputs, candidates: np.ndarray, batch: int,
+def _init_codebooks(quantizer: "SemanticQuantizer", batch_inputs, pair_rows: np.ndarray, batch: int,
                     config: QuantizerTrainConfig) -> None:
-    """k-means on the combiner outputs of a random sample of the pairs ``candidates`` (queries and positives
+    """k-means on the combiner outputs of a random sample of the pairs ``pair_rows`` (queries and positives
     alike). The RNG stream id is one no epoch uses."""
     wanted = config.kmeans_init_samples or 2 * batch
-    picked = np.random.default_rng([config.seed, 1 << 20]).permutation(len(candidates))[:math.ceil(wanted / 2)]
-    rows = candidates[picked]
+    picked = np.random.default_rng([config.seed, 1 << 20]).permutation(len(pair_rows))[:math.ceil(wanted / 2)]
+    rows = pair_rows[picked]
     zs, cs = [], []
     for chunk in (rows[i:i + 4096] for i in range(0, len(rows), 4096)):
         feats, codes0 = batch_inputs(chunk)
