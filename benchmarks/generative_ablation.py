@@ -64,6 +64,8 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
                         {"query_draws": 2}),
     "defaults+qep40": ("the defaults with 40 quantizer epochs (one drawn pair per query and epoch: 40 steps of 512 "
                        "pairs, where the 4 paraphrases as separate pairs gave 60 in 10 epochs)", {"epochs": 40}, {}),
+    "defaults+qdraws4": ("the defaults with 4 drawn pairs per query and epoch for the quantizer too (7 steps of 512 "
+                         "pairs per epoch, 70 in all: the old enumeration's budget)", {"query_draws": 4}, {}),
     "defaults+noshift": ("the defaults without gap-shifted pool pairs", {}, {"pool_shift": False}),
     "defaults+noise1": ("the defaults, pool-pair noise 1.0", {}, {"pool_noise": 1.0}),
     "defaults+qnoise": ("the defaults + noise 0.3 on the (query, positive) inputs", {}, {"query_noise": 0.3}),

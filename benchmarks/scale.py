@@ -343,7 +343,7 @@ def _child(*args: str) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), str(REPO),
                                                                        os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--child", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=5400)
+                          capture_output=True, text=True, timeout=4 * 3600)
     if proc.returncode != 0:
         return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-3:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -358,9 +358,15 @@ CHILDREN = {"build": lambda a: child_build(Path(a[0]), Path(a[1]), a[2], int(a[3
 
 # --- parent ----------------------------------------------------------------------------------------------------
 
-def run(work: Path, n: int, dim: int, hnsw_items: int, log, save=lambda r: None) -> dict:
+STEPS = ("dense flat (fp16)", "append", "dense IVF-PQ", "eval", "generative", "dense HNSW", "dense flat, parts kept")
+
+
+def run(work: Path, n: int, dim: int, hnsw_items: int, log, save=lambda r: None,
+        only: frozenset[str] | None = None) -> dict:
     """Every measurement in turn, most important first; ``save(result)`` after each, so a run cut short by the
-    clock still reports what it measured."""
+    clock still reports what it measured. ``only`` names the STEPS to run (the data is made whatever it says);
+    "append", "eval" and "generative" need the flat index, "eval" the IVF-PQ one, from this or an earlier run."""
+    want = (lambda step: True) if only is None else only.__contains__
     work.mkdir(parents=True, exist_ok=True)
     result: dict = {"machine": describe(), "items": n, "dim": dim, "hnsw_items": hnsw_items, "variants": {}}
     t = time.perf_counter()
@@ -395,24 +401,32 @@ def run(work: Path, n: int, dim: int, hnsw_items: int, log, save=lambda r: None)
         result["variants"][name] = row
         save(result)
 
-    variant("dense flat (fp16)")
-    result["disk_groups"] = _disk_groups(flat)
-    result["append"] = _child("append", str(work), str(flat), "1000")
-    log(f"append: {result['append']}")
-    save(result)
-    variant("dense IVF-PQ")
-    result["eval"] = _child("eval", str(work), str(work / "idx-IVF256_PQ48"))
-    log(f"eval: {result['eval']}")
-    save(result)
-    result["generative_train"] = _child("train", str(work), str(flat))
-    log(f"generative: train {result['generative_train']}")
-    for mode in ("generative", "generative-rerank", "quantize"):
-        result["variants"][mode] = {"search": _child("search", str(work), str(flat), mode, "1")}
-        log(f"{mode}: {result['variants'][mode]}")
+    if want("dense flat (fp16)"):
+        variant("dense flat (fp16)")
+        result["disk_groups"] = _disk_groups(flat)
+    if want("append"):
+        result["append"] = _child("append", str(work), str(flat), "1000")
+        log(f"append: {result['append']}")
         save(result)
-    variant("dense HNSW")
-    result["disk_groups"] = _disk_groups(flat)
-    variant("dense flat, parts kept")
+    if want("dense IVF-PQ"):
+        variant("dense IVF-PQ")
+    if want("eval"):
+        result["eval"] = _child("eval", str(work), str(work / "idx-IVF256_PQ48"))
+        log(f"eval: {result['eval']}")
+        save(result)
+    if want("generative"):
+        result["generative_train"] = _child("train", str(work), str(flat))
+        log(f"generative: train {result['generative_train']}")
+        for mode in ("generative", "generative-rerank", "quantize"):
+            result["variants"][mode] = {"search": _child("search", str(work), str(flat), mode, "1")}
+            log(f"{mode}: {result['variants'][mode]}")
+            save(result)
+    if want("dense HNSW"):
+        variant("dense HNSW")
+    if flat.exists():
+        result["disk_groups"] = _disk_groups(flat)
+    if want("dense flat, parts kept"):
+        variant("dense flat, parts kept")
     return result
 
 
@@ -473,7 +487,7 @@ def report(r: dict) -> str:
     missing = [k for k in ("dense flat (fp16)", "dense IVF-PQ", "generative", "generative-rerank", "quantize",
                            "dense HNSW", "dense flat, parts kept") if k not in r["variants"]]
     if missing:
-        lines += ["", f"Not measured at this size (the run was stopped at the deadline): {', '.join(missing)}."]
+        lines += ["", f"Not measured at this size (not run, or stopped at the deadline): {', '.join(missing)}."]
     if g and "error" not in g:
         lines += ["", f"Generative model (quantizer C256+M3+RQ3x256 style, 3 levels × 256, small generator) trained on "
               f"20,000 synthetic pairs in {g.get('train_s', 0):.0f} s; coding all rows and saving "
@@ -518,6 +532,8 @@ def main() -> None:
     p.add_argument("--hnsw-items", type=int, default=200_000)
     p.add_argument("--work", type=Path, required=True, help="scratch folder for data and indexes (large)")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "bench" / "scale.md")
+    p.add_argument("--only", action="append", choices=STEPS, metavar="STEP",
+                   help=f"run only this step (repeatable; one of {', '.join(STEPS)}); the default runs them all")
     args = p.parse_args()
     log = lambda s: print(time.strftime("%H:%M:%S"), s, file=sys.stderr, flush=True)  # noqa: E731
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -526,7 +542,7 @@ def main() -> None:
         (args.work / "result.json").write_text(json.dumps(result, indent=2))
         args.out.write_text(report(result))
 
-    save(run(args.work, args.items, args.dim, args.hnsw_items, log, save))
+    save(run(args.work, args.items, args.dim, args.hnsw_items, log, save, frozenset(args.only) if args.only else None))
     log(f"wrote {args.out}")
 
 

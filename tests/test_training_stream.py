@@ -294,9 +294,13 @@ def test_an_epoch_draws_one_pair_per_query_uniformly_and_reproducibly():
     fixed = TrainingPairs(corpus.queries, corpus.candidates, corpus.modalities, corpus.positives, groups=groups,
                           redraw=False)
     assert all(np.array_equal(fixed.draw(e), fixed.draw(0)) for e in range(10))
-    # no groups: every pair every epoch, as before
+    # several draws per query and epoch: consecutive draw numbers, concatenated
+    np.testing.assert_array_equal(pairs.draws(2, seed=4, per_query=3),
+                                  np.concatenate([pairs.draw(e, seed=4) for e in (6, 7, 8)]))
+    # no groups: every pair every epoch, once, as before
     plain = TrainingPairs(corpus.queries, corpus.candidates, corpus.modalities, corpus.positives)
     np.testing.assert_array_equal(plain.draw(3), np.arange(12))
+    np.testing.assert_array_equal(plain.draws(3, per_query=4), np.arange(12))
 
 
 def test_training_trains_each_epoch_on_the_drawn_pairs_only(monkeypatch, one_torch_thread):
@@ -321,6 +325,15 @@ def test_training_trains_each_epoch_on_the_drawn_pairs_only(monkeypatch, one_tor
     for epoch in range(2):
         got = np.sort(np.concatenate(batches[2 * epoch:2 * epoch + 2]))
         np.testing.assert_array_equal(got, pairs.draw(epoch, seed=3))
+    # two draws per query and epoch: draw numbers 2e and 2e + 1, 32 pairs in 4 steps per epoch
+    seen.clear()
+    quantizer = SemanticQuantizer(QuantizerConfig.from_spec(SPEC, dim=DIM))
+    quantizer.train(pairs, QuantizerTrainConfig(**{**config.to_dict(), "query_draws": 2}), progress=False, log=False)
+    batches = seen[-8:]
+    for epoch in range(2):
+        got = np.sort(np.concatenate(batches[4 * epoch:4 * epoch + 4]))
+        want = np.sort(np.concatenate([pairs.draw(2 * epoch, seed=3), pairs.draw(2 * epoch + 1, seed=3)]))
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("draws", [1, 2])

@@ -163,12 +163,8 @@ class GenerativeRetriever:
         z_q, z_p = Embedded(q, queries), Embedded(q, positives)
         pool_part = np.arange(len(pairs), len(targets), dtype=np.int64)
 
-        # query_draws pairs drawn per training query + every pool pair. Pairs without groups were enumerated by
-        # their maker (one per query, or synthetic): each is trained once per epoch, as before
-        k = config.query_draws if pairs.groups is not None else 1
-
-        def epoch_rows(epoch: int) -> np.ndarray:
-            return np.concatenate([pairs.draw(epoch * k + j, config.seed) for j in range(k)] + [pool_part])
+        def epoch_rows(epoch: int) -> np.ndarray:  # query_draws pairs drawn per training query + every pool pair
+            return np.concatenate([pairs.draws(epoch, config.seed, config.query_draws), pool_part])
 
         report = train_generator(self.generator, z_q, z_p, targets, config, progress=progress,
                                  checkpoint_path=checkpoint_path, resume=resume, noise=noise, validate=validate,

@@ -77,6 +77,7 @@ class QuantizerTrainConfig:
 
     batch_size: int = 512  # (query, positive) pairs per step; must give more than K vectors (paper: 8000)
     epochs: int = 10  # paper: 21
+    query_draws: int = 1  # (query, positive) pairs drawn per training query and epoch (TrainingPairs.draws)
     lr: float = 1e-4
     lr_min: float = 1e-5  # cosine floor
     weight_decay: float = 0.2  # on matrices only
@@ -96,8 +97,8 @@ class QuantizerTrainConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 2:
             raise InvalidInputError("quantizer batch_size must be >= 2 (in-batch negatives)")
-        if self.epochs < 1:
-            raise InvalidInputError("quantizer epochs must be >= 1")
+        if self.epochs < 1 or self.query_draws < 1:
+            raise InvalidInputError("quantizer epochs and query_draws must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -143,6 +143,13 @@ class TrainingPairs:
                 chosen = np.sort(np.concatenate([good, fill]))
         return chosen
 
+    def draws(self, epoch: int, seed: int = 0, per_query: int = 1) -> np.ndarray:
+        """``per_query`` draws per training query for one epoch: :meth:`draw` of draw numbers
+        epoch * per_query .. epoch * per_query + per_query - 1, concatenated. Pairs without groups were enumerated
+        by their maker (one per query, or synthetic): each is trained once per epoch whatever ``per_query`` is."""
+        k = per_query if self.groups is not None else 1
+        return np.concatenate([self.draw(epoch * k + j, seed) for j in range(k)])
+
     @property
     def positive_modalities(self) -> np.ndarray:
         return self.candidate_modalities[self.positives]

@@ -66,7 +66,8 @@ def train_quantizer(quantizer: "SemanticQuantizer", pairs: TrainingPairs, config
     net = quantizer.net
     c0 = torch.cat([torch.as_tensor(pairs.query_targets), torch.as_tensor(pairs.positive_modalities)])
     n = len(pairs)
-    per_epoch = pairs.num_groups  # an epoch trains on one drawn pair per training query (pairs.draw)
+    # an epoch trains on query_draws drawn pairs per training query (pairs.draws)
+    per_epoch = pairs.num_groups * (config.query_draws if pairs.groups is not None else 1)
     batch = min(config.batch_size, per_epoch)
     steps_per_epoch = max(1, per_epoch // batch)  # drop the ragged tail: every step sees a full set of negatives
     total = steps_per_epoch * config.epochs
@@ -100,7 +101,7 @@ def train_quantizer(quantizer: "SemanticQuantizer", pairs: TrainingPairs, config
     steplog = StepLog("quantizer", total, enabled=log and not progress)
     for epoch in range(step // steps_per_epoch, config.epochs):
         sums: dict[str, float] = {}
-        drawn = pairs.draw(epoch, config.seed)
+        drawn = pairs.draws(epoch, config.seed, config.query_draws)
         sampler = EpochBatches(len(drawn), batch, config.seed, epoch, start=step - epoch * steps_per_epoch,
                                drop_last=True)
         for batch_tensors in pair_batches(lambda at: gather_batch(drawn[at]), sampler, device):
