@@ -356,3 +356,54 @@ def test_stored_vectors_read_back_row_by_row(corpus, tiny_encoder, tmp_path, spe
     rows = np.random.default_rng(0).permutation(np.repeat(np.arange(index.num_rows), 2))
     np.testing.assert_array_equal(store.reconstruct(rows), np.stack([want[int(r)] for r in rows]))
     assert store.reconstruct(np.zeros(0, np.int64)).shape == (0, store.dim)
+
+
+def test_graph_partitions_are_read_ahead_within_the_page_cache_budget(corpus, tiny_encoder, built, tmp_path,
+                                                                        monkeypatch):
+    """HNSW files are read front to back before FAISS opens them (its open checks the whole graph through the
+    memory map, a page at a time from a cold cache); flat ones are not, and nothing is read beyond half of
+    MemAvailable."""
+    from unimir.index import dense
+
+    hnsw = Index.build(corpus["pool"], tmp_path / "hnsw", encoder=tiny_encoder, index="HNSW8,SQ8")
+    hnsw.add([Candidate("x:1", Modality.TEXT, "a red square")])  # a second segment
+    graph_files = sorted((tmp_path / "hnsw").glob("seg-*/dense-*.faiss"))
+    assert len(graph_files) >= 3
+    read = []
+    monkeypatch.setattr(dense, "_prefetch", read.append)
+    Index.load(built.path, encoder=tiny_encoder)
+    assert read == []
+    want = [h.did for h in Index.load(tmp_path / "hnsw", encoder=tiny_encoder).search("a red square", k=5).hits]
+    assert sorted(read) == graph_files
+    sizes = sorted(p.stat().st_size for p in graph_files)
+    for available, expected in ((None, 0), (0, 0), (2 * sizes[-1], 1), (2 * sum(sizes), len(sizes))):
+        read.clear()
+        monkeypatch.setattr(dense, "_memory_available", lambda: available)
+        Index.load(tmp_path / "hnsw", encoder=tiny_encoder)
+        assert len(read) == expected if expected in (0, len(sizes)) else 1 <= len(read) < len(sizes)
+    monkeypatch.undo()  # the real read-ahead: the same index, the same results
+    assert [h.did for h in Index.load(tmp_path / "hnsw", encoder=tiny_encoder).search("a red square", k=5).hits] == want
+
+
+@pytest.mark.parametrize("factory", ["HNSW8", "HNSW8,SQ8", "HNSW8,PQ4x4"])
+def test_hnsw_graph_end_is_where_the_storage_index_begins(tmp_path, factory):
+    """The read-ahead's parse of FAISS's HNSW layout, against FAISS itself: what follows the graph is exactly the
+    storage index as ``write_index`` writes it on its own. Other files and truncated ones give None."""
+    from unimir.index import dense
+
+    x = np.random.default_rng(0).standard_normal((600, 16)).astype(np.float32)
+    index = faiss.index_factory(16, factory, faiss.METRIC_INNER_PRODUCT)
+    index.train(x)
+    index.add(x)
+    path = tmp_path / "part.faiss"
+    faiss.write_index(index, str(path))
+    end = dense._graph_end(path)
+    storage = faiss.serialize_index(faiss.downcast_index(index).storage).tobytes()
+    assert end is not None and path.read_bytes()[end:] == storage
+    flat = tmp_path / "flat.faiss"
+    faiss.write_index(faiss.index_factory(16, "SQfp16", faiss.METRIC_INNER_PRODUCT), str(flat))
+    truncated = tmp_path / "cut.faiss"
+    truncated.write_bytes(path.read_bytes()[:end // 2])
+    assert dense._graph_end(flat) is None and dense._graph_end(truncated) is None
+    dense._prefetch(path)  # the graph now, the storage on the background thread
+    dense._READ_AHEAD.join()

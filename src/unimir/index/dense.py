@@ -11,7 +11,9 @@ searches image rows), which a post-filter on a graph or IVF index would not be. 
 (IVF, PQ, OPQ, SQ8) are trained once, on a sample of the first build, and kept as an empty *template* that every
 later segment clones, so appended segments share the centroids and codebooks. Partitions are written with
 ``faiss.write_index`` and opened with ``IO_FLAG_MMAP`` (IVF lists) or ``IO_FLAG_MMAP_IFC`` (flat codes, HNSW
-graphs): they stay in the page cache instead of anonymous memory.
+graphs): they stay in the page cache instead of anonymous memory. An HNSW partition's graph is read front to
+back before FAISS opens it and its vectors after, in the background (``_prefetch``), while the page cache has
+room for them.
 
 Deleted rows are excluded exactly: each partition knows how many of its rows are deleted and fetches that many
 more before dropping them. Ties: whenever the k-th score ties with the last one fetched, the search is repeated
@@ -20,7 +22,11 @@ deeper, so no tie group is cut at the boundary.
 
 from __future__ import annotations
 
+import os
+import queue
 import re
+import struct
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -42,6 +48,7 @@ MMAP_IVF = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
 MMAP_CODES = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
 TRAIN_MIN, TRAIN_PER_LIST, TRAIN_MAX = 20_000, 64, 1_000_000
 ADD_BATCH = 65_536
+PREFETCH_SHARE = 0.5  # graph files are prefetched while their total stays under this share of MemAvailable
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,7 @@ class FaissStore(VectorStore):
         self._template = self.dense_spec.new_index(dim)  # validates the factory string for this dim
         self.segments: dict[str, list[_Partition]] = {}
         self._deleted = np.zeros(0, np.int64)
+        self._prefetch_left: int | None = None  # bytes of page cache left for prefetching; set on first use
 
     # --- training -------------------------------------------------------------------------------------------
     @property
@@ -205,6 +213,8 @@ class FaissStore(VectorStore):
         parts = []
         for path in sorted(folder.glob("dense-*.faiss")):
             code = int(path.name.split("-")[1].split(".")[0])
+            if _hnsw_of(self._template) is not None:
+                self._maybe_prefetch(path)
             index = _read(path, MMAP_IVF if self.dense_spec.nlist else MMAP_CODES)
             if index.d != self.dim:
                 raise IndexFormatError(f"{path}: vectors of dimension {index.d}, the manifest says {self.dim}; "
@@ -219,6 +229,15 @@ class FaissStore(VectorStore):
             parts.append(_Partition(code, index, rows, first_row))
         self._count_deleted(parts)
         self.segments = {**self.segments, name: parts}  # copy on write: searches iterate a snapshot
+
+    def _maybe_prefetch(self, path: Path) -> None:
+        if self._prefetch_left is None:
+            available = _memory_available()
+            self._prefetch_left = int(PREFETCH_SHARE * available) if available is not None else 0
+        size = path.stat().st_size
+        if size <= self._prefetch_left:  # beyond it, prefetched pages would only evict each other
+            self._prefetch_left -= size
+            _prefetch(path)
 
     def drop_segment(self, name: str) -> None:
         self.segments = {n: p for n, p in self.segments.items() if n != name}
@@ -349,6 +368,106 @@ def _flat_view(index: faiss.Index) -> np.ndarray | None:
         return None
     codes = faiss.rev_swig_ptr(index.codes.data(), index.ntotal * index.code_size)
     return np.frombuffer(codes, np.uint8).view(dtype).reshape(index.ntotal, index.d)
+
+
+def _prefetch(path: Path) -> None:
+    """Bring an HNSW partition's file into the page cache: its graph now, its vectors in the background.
+
+    FAISS checks every neighbour id of an HNSW graph as it opens one through the memory map; from a cold cache each
+    page it touches is then a disk read of its own (about 50 MB/s measured here, against 0.6-1.7 GB/s for one
+    sequential pass), and so are the searches' first reads of the vectors. Reading the graph front to back first
+    makes the open fast; the vectors follow on a background thread, so the first searches do not wait for them
+    one page at a time either."""
+    size = path.stat().st_size
+    graph_end = _graph_end(path) or size
+    _read_range(path, 0, graph_end)
+    if graph_end < size:
+        _READ_AHEAD.put((path, graph_end, size))
+        _start_read_ahead()
+
+
+def _read_range(path: Path, start: int, end: int) -> None:
+    buf = bytearray(1 << 22)
+    try:
+        with open(path, "rb", buffering=0) as f:
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(f.fileno(), start, end - start, os.POSIX_FADV_SEQUENTIAL)
+            f.seek(start)
+            left = end - start
+            while left > 0:
+                got = f.readinto(memoryview(buf)[:min(len(buf), left)])
+                if not got:
+                    break
+                left -= got
+    except OSError:
+        pass  # best effort: a segment compacted away meanwhile is simply not read
+
+
+_READ_AHEAD: "queue.Queue[tuple[Path, int, int]]" = queue.Queue()
+_read_ahead_lock = threading.Lock()
+_read_ahead_thread: "threading.Thread | None" = None
+
+
+def _start_read_ahead() -> None:
+    """One daemon thread for the whole process reads the queued ranges in order (one disk: no parallel reads)."""
+    global _read_ahead_thread
+    with _read_ahead_lock:
+        if _read_ahead_thread is None or not _read_ahead_thread.is_alive():
+            _read_ahead_thread = threading.Thread(target=_read_ahead_loop, name="unimir-read-ahead", daemon=True)
+            _read_ahead_thread.start()
+
+
+def _read_ahead_loop() -> None:
+    while True:
+        path, start, end = _READ_AHEAD.get()
+        try:
+            _read_range(path, start, end)
+        finally:
+            _READ_AHEAD.task_done()
+
+
+# fourccs of the HNSW files whose layout _graph_end knows: HNSWFlat, HNSWPQ, HNSWSQ, HNSW2Level, plain IndexHNSW
+_HNSW_FOURCCS = (b"IHNf", b"IHNp", b"IHNs", b"IHN2", b"IH00")
+
+
+def _graph_end(path: Path) -> int | None:
+    """Where an HNSW partition's graph ends and its vector storage begins in the file, after ``faiss.write_index``'s
+    layout: fourcc, index header (d, ntotal, two dummies, is_trained, metric type [, metric arg]), the HNSW arrays
+    (assign_probas f64, cum_nneighbor_per_level i32, levels i32, offsets u64, neighbors i32, each preceded by its
+    u64 length), five i32, then the storage index. None for any other file or anything unexpected."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(37)
+            if len(head) < 37 or head[:4] not in _HNSW_FOURCCS:
+                return None
+            (ntotal,) = struct.unpack_from("<q", head, 8)
+            (metric,) = struct.unpack_from("<i", head, 33)
+            pos = 37 + (4 if metric > 1 else 0)
+            for expected, item_bytes in ((None, 8), (None, 4), (ntotal, 4), (ntotal + 1, 8), (None, 4)):
+                f.seek(pos)
+                raw = f.read(8)
+                if len(raw) < 8:
+                    return None
+                (n,) = struct.unpack("<Q", raw)
+                if expected is not None and n != expected:
+                    return None
+                pos += 8 + n * item_bytes
+                if pos > size:
+                    return None
+    except OSError:
+        return None
+    pos += 5 * 4
+    return pos if pos <= size else None
+
+
+def _memory_available() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
 
 
 def _read(path: Path, flags: int) -> faiss.Index:
