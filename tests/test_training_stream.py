@@ -5,14 +5,18 @@ epoch first draws it."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from unimir.encoders import Features
+from unimir.errors import InvalidInputError
 from unimir.generator import GenerativeRetriever, GeneratorConfig, GeneratorTrainConfig, IDGenerator
 from unimir.generator.augment import group_offsets, modality_of, shifted_pool_inputs
 from unimir.generator.train import train_generator
+from unimir.index import Index
 from unimir.index.features import read_features
 from unimir.quantizer import QuantizerConfig, QuantizerTrainConfig, SemanticQuantizer, TrainingPairs
 from unimir.quantizer.pairs import EpochBatches
@@ -373,3 +377,27 @@ def test_generator_stage_with_drawn_pairs_matches_an_eager_reference(two_ways, d
     assert got.steps == want.steps == 3 * -(-(draws * len(in_ram) // 2 + len(z_cand) + len(shifted)) // 16)
     for a, b in zip(want.history, got.history):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), a["epoch"]
+
+
+def test_a_second_training_run_on_one_checkpoint_folder_fails_at_once(corpus, tiny_encoder, tmp_path):
+    """Another process holds the folder (a training run): ``train`` refuses before any work, naming the folder;
+    once that process is gone, the lock is free again."""
+    from unimir.dirlock import LockTimeoutError
+    from unimir.training import checkpoint_lock, train
+
+    index = Index.build(corpus["pool"], tmp_path / "idx", encoder=tiny_encoder)
+    ckpt = tmp_path / "ckpt"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom unimir.dirlock import locked\n"
+                               "with locked(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n",
+                               str(ckpt)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockTimeoutError, match="another training run is using this checkpoint folder"):
+            train(index, None, stage="index", checkpoint_dir=ckpt)
+    finally:
+        holder.kill()
+        holder.wait()
+    with pytest.raises(InvalidInputError, match="needs a trained generator"):  # got the lock, then the real check
+        train(index, None, stage="index", checkpoint_dir=ckpt)
+    with checkpoint_lock(None):  # no folder, nothing to hold
+        pass

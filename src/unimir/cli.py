@@ -477,6 +477,15 @@ def cmd_eval(args, progress: bool) -> int:
 
 
 def cmd_train(args, progress: bool) -> int:
+    from .index.store import Manifest
+    from .training import checkpoint_lock
+
+    Manifest.read(Path(args.index_dir))  # a mistyped index fails before the checkpoint folder is created
+    with checkpoint_lock(args.checkpoint_dir):  # held from the queries' encoding (kept there) to the last stage
+        return _train(args, progress)
+
+
+def _train(args, progress: bool) -> int:
     from .data.problems import Problems
     from .generator import GeneratorConfig, GeneratorTrainConfig
     from .index import Index

@@ -21,9 +21,10 @@ import os
 import shutil
 import sys
 import tempfile
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from . import health
 from .atomic import TEMP_SUFFIX, fsync_dir, write_npy
 from .data.mbeir import InstructionTable, QrelsTable, read_qrels, read_queries
 from .data.problems import Problems
+from .dirlock import LockTimeoutError, locked
 from .encoders import EmbeddingCache, Features
 from .errors import InvalidInputError
 from .generator import GenerativeRetriever, GeneratorConfig, GeneratorTrainConfig
@@ -299,6 +301,22 @@ class _PartsWriter:
             shutil.rmtree(self.tmp)
 
 
+@contextmanager
+def checkpoint_lock(checkpoint_dir: "str | Path | None") -> Iterator[None]:
+    """Hold ``checkpoint_dir`` (created if missing) for one training run. A second run on the same folder fails at
+    once with :class:`LockTimeoutError` instead of overwriting the first one's resumable checkpoints and encoding
+    its query rows again; no folder, no lock."""
+    stack = ExitStack()
+    if checkpoint_dir is not None:
+        try:
+            stack.enter_context(locked(checkpoint_dir, timeout=0))
+        except LockTimeoutError:
+            raise LockTimeoutError(f"{checkpoint_dir}: another training run is using this checkpoint folder; wait "
+                                   "for it to finish or give another --checkpoint-dir") from None
+    with stack:
+        yield
+
+
 def train(index: Index, pairs: TrainingPairs | None, *, stage: str = "all", quantizer: str | None = None,
           quantizer_config: QuantizerTrainConfig | None = None, generator: GeneratorConfig | None = None,
           generator_config: GeneratorTrainConfig | None = None, progress: bool = False,
@@ -326,51 +344,50 @@ def train(index: Index, pairs: TrainingPairs | None, *, stage: str = "all", quan
                                 f"has {index.num_rows}: make them again (training_pairs)")
     report = TrainReport(len(pairs) if pairs is not None else 0, [])
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
-    if ckpt:
-        ckpt.mkdir(parents=True, exist_ok=True)
-    # stage summaries and health reports are results: always printed; ``log`` is the periodic progress lines
-    say = (lambda text: print(text, file=sys.stderr, flush=True)) if report_to_stderr else (lambda text: None)  # noqa: E731
-    retriever = index.generative
-    if stage in ("quantizer", "all"):
-        dim = index.manifest.dim
-        config = QuantizerConfig.from_spec(quantizer, dim=dim) if quantizer else QuantizerConfig(dim=dim)
-        retriever = GenerativeRetriever(SemanticQuantizer(config))
-        say(f"[quantizer] training {config.spec} on {train_pairs.num_groups} queries, one of their "
-            f"{len(train_pairs)} pairs {'drawn per epoch' if pairs.redraw else 'drawn once for all epochs'} "
-            f"({0 if val_pairs is None else val_pairs.num_groups} queries held back for validation)")
-        report.quantizer = retriever.fit_quantizer(train_pairs, quantizer_config, progress=progress,
-                                                   checkpoint_path=ckpt / "quantizer" if ckpt else None,
-                                                   resume=resume, log=log)
-        report.collisions = retriever.index(pairs.candidates, index.modality_codes)
+    with checkpoint_lock(ckpt):  # one run per checkpoint folder: resumable state is not shared
+        # stage summaries and health reports are results: always printed; ``log`` is the periodic progress lines
+        say = (lambda text: print(text, file=sys.stderr, flush=True)) if report_to_stderr else (lambda text: None)  # noqa: E731
+        retriever = index.generative
+        if stage in ("quantizer", "all"):
+            dim = index.manifest.dim
+            config = QuantizerConfig.from_spec(quantizer, dim=dim) if quantizer else QuantizerConfig(dim=dim)
+            retriever = GenerativeRetriever(SemanticQuantizer(config))
+            say(f"[quantizer] training {config.spec} on {train_pairs.num_groups} queries, one of their "
+                f"{len(train_pairs)} pairs {'drawn per epoch' if pairs.redraw else 'drawn once for all epochs'} "
+                f"({0 if val_pairs is None else val_pairs.num_groups} queries held back for validation)")
+            report.quantizer = retriever.fit_quantizer(train_pairs, quantizer_config, progress=progress,
+                                                       checkpoint_path=ckpt / "quantizer" if ckpt else None,
+                                                       resume=resume, log=log)
+            report.collisions = retriever.index(pairs.candidates, index.modality_codes)
+            index.generative = retriever
+            retriever.health = {"quantizer": health.quantizer_report(index, val_pairs)}
+            say(health.format_report("quantizer", retriever.health["quantizer"]))
+            report.stages.append("quantizer")
+        if stage in ("generator", "all"):
+            if retriever is None:
+                raise InvalidInputError("train the quantizer first (--stage quantizer or all)")
+            index.generative = retriever
+            val_small = health.sample(val_pairs)
+            validate = (lambda: health.recall(index, val_small, "generative")) if val_small is not None else None
+            draws = gen_config.query_draws
+            say(f"[generator] training on {train_pairs.num_groups} queries ({draws} drawn pair{'s' * (draws > 1)} each "
+                "per epoch)"
+                + (f" + {len(index)} index-time pool pairs" if gen_config.pool_pairs else ""))
+            report.generator = retriever.fit_generator(train_pairs, gen_config, generator, progress=progress,
+                                                       checkpoint_path=ckpt / "generator" if ckpt else None,
+                                                       resume=resume, pool=(pairs.candidates, index.modality_codes),
+                                                       validate=validate, log=log)
+            retriever.health["generator"] = health.generator_report(index, train_pairs, val_pairs)
+            say(health.format_report("generator", retriever.health["generator"]))
+            report.stages.append("generator")
+        if stage == "index":
+            if retriever is None or retriever.generator is None:
+                raise InvalidInputError("stage 'index' needs a trained generator: run 'unimir train' first")
+            report.extra["refresh"] = retriever.refresh(index.feature_rows, log=log)
+            say(f"[index] taught the generator {report.extra['refresh']['rows']} items "
+                f"(with {report.extra['refresh']['replay']} replayed) in {report.extra['refresh']['steps']} steps")
+            report.stages.append("index")
         index.generative = retriever
-        retriever.health = {"quantizer": health.quantizer_report(index, val_pairs)}
-        say(health.format_report("quantizer", retriever.health["quantizer"]))
-        report.stages.append("quantizer")
-    if stage in ("generator", "all"):
-        if retriever is None:
-            raise InvalidInputError("train the quantizer first (--stage quantizer or all)")
-        index.generative = retriever
-        val_small = health.sample(val_pairs)
-        validate = (lambda: health.recall(index, val_small, "generative")) if val_small is not None else None
-        draws = gen_config.query_draws
-        say(f"[generator] training on {train_pairs.num_groups} queries ({draws} drawn pair{'s' * (draws > 1)} each "
-            "per epoch)"
-            + (f" + {len(index)} index-time pool pairs" if gen_config.pool_pairs else ""))
-        report.generator = retriever.fit_generator(train_pairs, gen_config, generator, progress=progress,
-                                                   checkpoint_path=ckpt / "generator" if ckpt else None,
-                                                   resume=resume, pool=(pairs.candidates, index.modality_codes),
-                                                   validate=validate, log=log)
-        retriever.health["generator"] = health.generator_report(index, train_pairs, val_pairs)
-        say(health.format_report("generator", retriever.health["generator"]))
-        report.stages.append("generator")
-    if stage == "index":
-        if retriever is None or retriever.generator is None:
-            raise InvalidInputError("stage 'index' needs a trained generator: run 'unimir train' first")
-        report.extra["refresh"] = retriever.refresh(index.feature_rows, log=log)
-        say(f"[index] taught the generator {report.extra['refresh']['rows']} items "
-            f"(with {report.extra['refresh']['replay']} replayed) in {report.extra['refresh']['steps']} steps")
-        report.stages.append("index")
-    index.generative = retriever
-    if save and index.path is not None:
-        index.save()
-    return report
+        if save and index.path is not None:
+            index.save()
+        return report
