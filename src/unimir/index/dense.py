@@ -22,6 +22,7 @@ deeper, so no tie group is cut at the boundary.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -390,7 +391,7 @@ def _read_range(path: Path, start: int, end: int) -> None:
     buf = bytearray(1 << 22)
     try:
         with open(path, "rb", buffering=0) as f:
-            if hasattr(os, "posix_fadvise"):
+            with contextlib.suppress(AttributeError, OSError):  # a hint for the kernel's own read-ahead, no more
                 os.posix_fadvise(f.fileno(), start, end - start, os.POSIX_FADV_SEQUENTIAL)
             f.seek(start)
             left = end - start
