@@ -344,9 +344,9 @@ def train(index: Index, pairs: TrainingPairs | None, *, stage: str = "all", quan
                                 f"has {index.num_rows}: make them again (training_pairs)")
     report = TrainReport(len(pairs) if pairs is not None else 0, [])
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    # stage summaries and health reports are results: always printed; ``log`` is the periodic progress lines
+    say = (lambda text: print(text, file=sys.stderr, flush=True)) if report_to_stderr else (lambda text: None)  # noqa: E731
     with checkpoint_lock(ckpt):  # one run per checkpoint folder: resumable state is not shared
-        # stage summaries and health reports are results: always printed; ``log`` is the periodic progress lines
-        say = (lambda text: print(text, file=sys.stderr, flush=True)) if report_to_stderr else (lambda text: None)  # noqa: E731
         retriever = index.generative
         if stage in ("quantizer", "all"):
             dim = index.manifest.dim
