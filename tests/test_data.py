@@ -178,3 +178,42 @@ def test_inside_root_check_matches_a_full_resolve(tmp_path):
         target = (root / p).resolve()
         slow = not Path(p).is_absolute() and (target == root or root in target.parents)
         assert _is_within(root, p, cache) == slow, p
+
+
+@pytest.mark.parametrize("name, body, kept, total", [
+    ("pool.jsonl", '{"did": "1:1", "modality": "text", "txt": "a"}\n\n{broken\n'
+                   '{"did": "1:1", "modality": "text", "txt": "again"}\n'
+                   '{"did": "1:4", "modality": "txet", "txt": "b"}\n'
+                   '{"did": "1:5", "modality": "text", "txt": "c"}\n', ["1:1", "1:5"], 5),
+    ("texts.jsonl", '{"id": "t1", "text": "a"}\n[1]\n\n{"id": "t1", "text": "dup"}\n{"id": "t4", "text": "b"}\n',
+     ["t1", "t4"], 4),
+    ("texts.csv", "id,text\nt1,a\nt2,\n\nt3,b\n", ["t1", "t3"], 3),
+    ("texts.txt", "a\n\n  \nb\n", ["texts:1", "texts:4"], 2),
+])
+def test_read_pool_says_where_each_kept_record_lies(tmp_path, name, body, kept, total):
+    """Features computed elsewhere have one row per record of the source, bad ones included: the positions of
+    the kept records (blank lines are not records) are what aligns them."""
+    from unimir.data.ingest import read_pool
+
+    (tmp_path / name).write_text(body)
+    pool = read_pool(tmp_path / name, problems=Problems())
+    assert [c.did for c in pool.candidates] == kept and pool.positions.total == total
+    last = total - 1
+    assert list(pool.positions.rows) == {"pool.jsonl": [0, 4], "texts.jsonl": [0, last], "texts.csv": [0, last],
+                                   "texts.txt": [0, last]}[name]
+
+
+def test_read_pool_positions_of_an_image_folder_skip_images_outside_the_root(tmp_path):
+    from conftest import draw
+
+    from unimir.data.ingest import read_pool
+
+    (tmp_path / "pics").mkdir()
+    for name in ("a.png", "c.png"):
+        draw("red", "circle").save(tmp_path / "pics" / name)
+    draw("blue", "square").save(tmp_path / "elsewhere.png")
+    (tmp_path / "pics" / "b.png").symlink_to(tmp_path / "elsewhere.png")
+    problems = Problems()
+    pool = read_pool(tmp_path / "pics", problems=problems)
+    assert [c.did for c in pool.candidates] == ["a.png", "c.png"] and len(problems) == 1
+    assert (list(pool.positions.rows), pool.positions.total) == ([0, 2], 3)

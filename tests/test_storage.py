@@ -407,3 +407,38 @@ def test_hnsw_graph_end_is_where_the_storage_index_begins(tmp_path, factory):
     assert dense._graph_end(flat) is None and dense._graph_end(truncated) is None
     dense._prefetch(path)  # the graph now, the storage on the background thread
     dense._READ_AHEAD.join()
+
+
+def test_features_align_with_the_pool_records_when_bad_ones_are_skipped(corpus, built, tmp_path):
+    """One features row per pool record: a skipped record skips its row (the others keep theirs), and a count
+    that matches neither says how many were skipped; the CLI lists them either way."""
+    lines = corpus["pool"].read_text().splitlines()
+    bad = [3, 20]
+    broken = list(lines)
+    broken[3] = "{not json"
+    broken[20] = broken[20].replace('"modality": "', '"modality": "x')
+    (tmp_path / "pool.jsonl").write_text("\n".join(broken) + "\n")
+    feats = built.features
+    (tmp_path / "npy").mkdir()
+    np.save(tmp_path / "npy" / "image.npy", feats.image)
+    np.save(tmp_path / "npy" / "text.npy", feats.text)
+    proc = subprocess.run([sys.executable, "-m", "unimir", "--quiet", "index", str(tmp_path / "pool.jsonl"),
+                           "--root", str(corpus["root"]), "--out", str(tmp_path / "byo"), "--features",
+                           str(tmp_path / "npy"), "--encoder", built.manifest.encoder],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert proc.returncode == 0 and "indexed 34 items" in proc.stdout, proc.stderr
+    assert "2 item(s) skipped" in proc.stderr and "pool.jsonl:4" in proc.stderr and "pool.jsonl:21" in proc.stderr
+    index = Index.load(tmp_path / "byo", generative=False)
+    keep = [i for i in range(len(lines)) if i not in bad]
+    assert [c.did for c in index.candidates] == [built.candidates[i].did for i in keep]
+    np.testing.assert_allclose(np.asarray(index.fused[np.arange(34)], np.float32),
+                               np.asarray(built.fused[np.asarray(keep)], np.float32), atol=2e-3)
+    np.save(tmp_path / "npy" / "image.npy", feats.image[:34])
+    np.save(tmp_path / "npy" / "text.npy", feats.text[:34])
+    proc = subprocess.run([sys.executable, "-m", "unimir", "--quiet", "index", str(tmp_path / "pool.jsonl"),
+                           "--root", str(corpus["root"]), "--out", str(tmp_path / "byo2"), "--features",
+                           str(tmp_path / "npy")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "2 item(s) skipped" in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: {tmp_path / 'npy'}: 34 rows for 36 pool records, 2 of "
+                                                    "them skipped as bad (one row per record, in pool order)")
+    assert not (tmp_path / "byo2").exists()

@@ -359,11 +359,15 @@ def cmd_index(args, progress: bool) -> int:
     from .index import Index
 
     problems = Problems(strict=args.strict)
-    index = Index.build(args.pool, args.out, root=args.root, encoder=args.encoder, index=args.index,
-                        fusion_weights=args.fusion_weights, problems=problems, progress=progress,
-                        batch_size=args.batch_size, cache=not args.no_cache,
-                        allow_outside_root=args.allow_outside_root, device=args.device, features=args.features,
-                        keep_parts=args.keep_parts)
+    try:
+        index = Index.build(args.pool, args.out, root=args.root, encoder=args.encoder, index=args.index,
+                            fusion_weights=args.fusion_weights, problems=problems, progress=progress,
+                            batch_size=args.batch_size, cache=not args.no_cache,
+                            allow_outside_root=args.allow_outside_root, device=args.device, features=args.features,
+                            keep_parts=args.keep_parts)
+    except UnimirError:
+        _report(problems)  # what was skipped before the failure often explains it
+        raise
     counts = ", ".join(f"{v} {k}" for k, v in index.manifest.modality_counts.items() if v)
     print(f"indexed {len(index)} items ({counts}) with encoder {index.manifest.encoder} "
           f"and index {index.manifest.index_spec} -> {index.path}")

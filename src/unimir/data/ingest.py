@@ -4,21 +4,40 @@ from __future__ import annotations
 
 import json
 import os
+from array import array
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError, NotFoundError
 from .images import IMAGE_SUFFIXES
 from .mbeir import read_candidates
 from .problems import Problems
-from .records import Candidate, Modality
+from .records import Candidate, Modality, SourceRows
 from .textio import csv_rows, id_problem, invalid_unicode_field, iter_lines
 
 CAPTION_FILES = ("captions.tsv", "captions.csv", "captions.jsonl")
 
 
+@dataclass
+class Pool:
+    """A pool as read: its candidates, the data root their image paths are relative to, and where each candidate
+    lies among the source's records (``positions``, which aligns features computed elsewhere)."""
+
+    candidates: list[Candidate]
+    root: Path
+    positions: SourceRows
+
+
 def load_pool(source: "str | os.PathLike", root: "str | os.PathLike | None" = None,
               problems: Problems | None = None, *, allow_outside_root: bool = False) -> tuple[list[Candidate], Path]:
-    """Read a pool from ``source`` and return (candidates, the data root their image paths are relative to).
+    """(candidates, data root) of :func:`read_pool`."""
+    pool = read_pool(source, root, problems, allow_outside_root=allow_outside_root)
+    return pool.candidates, pool.root
+
+
+def read_pool(source: "str | os.PathLike", root: "str | os.PathLike | None" = None,
+              problems: Problems | None = None, *, allow_outside_root: bool = False) -> Pool:
+    """Read a pool from ``source``:
 
     * an M-BEIR ``cand_pool`` jsonl (records with ``did``): image paths resolve against ``root`` (default: the
       file's folder, or the M-BEIR root above ``cand_pool/`` when the file lies there);
@@ -27,29 +46,34 @@ def load_pool(source: "str | os.PathLike", root: "str | os.PathLike | None" = No
     * a ``.jsonl`` of texts (``{"id": ..., "text": ...}``), a ``.csv``/``.tsv`` with ``text`` (and ``id``)
       columns, or a ``.txt`` with one text per line: one text candidate each.
 
-    An image path that leaves the data root (``../x.png``, an absolute path, a symlink to a file elsewhere) is
-    reported and skipped unless ``allow_outside_root``: the server hands out every indexed image.
+    Bad records are reported to ``problems`` and left out. An image path that leaves the data root (``../x.png``,
+    an absolute path, a symlink to a file elsewhere) is reported and skipped unless ``allow_outside_root``: the
+    server hands out every indexed image.
     """
     source = Path(source)
     problems = problems if problems is not None else Problems()
+    positions = SourceRows()
     if source.is_dir():
         root_path = Path(root or source).resolve()
-        return _inside_root(_image_folder(source, problems), root_path, source, problems, allow_outside_root), \
-            root_path
-    if not source.is_file():
+        candidates = _image_folder(source, problems, positions)
+    elif not source.is_file():
         raise NotFoundError(f"no such file or folder: {source}")
-    default_root = source.parent
-    if "cand_pool" in source.parts:  # M-BEIR layout: paths are relative to the folder holding cand_pool/
-        default_root = Path(*source.parts[:source.parts.index("cand_pool")]) or Path(".")
-    root_path = Path(root or default_root).resolve()
-    suffix = source.suffix.lower()
-    if suffix == ".jsonl" and _looks_like_mbeir(source):
-        candidates = read_candidates(source, problems)
-        return _inside_root(candidates, root_path, source, problems, allow_outside_root), root_path
-    if suffix in (".jsonl", ".csv", ".tsv", ".txt"):
-        return _text_file(source, problems), root_path
-    raise DataError("unsupported pool: give an M-BEIR .jsonl pool, a folder of images, "
-                    "or a .jsonl/.csv/.tsv/.txt of texts", path=str(source))
+    else:
+        default_root = source.parent
+        if "cand_pool" in source.parts:  # M-BEIR layout: paths are relative to the folder holding cand_pool/
+            default_root = Path(*source.parts[:source.parts.index("cand_pool")]) or Path(".")
+        root_path = Path(root or default_root).resolve()
+        suffix = source.suffix.lower()
+        if suffix == ".jsonl" and _looks_like_mbeir(source):
+            candidates = read_candidates(source, problems, positions=positions)
+        elif suffix in (".jsonl", ".csv", ".tsv", ".txt"):
+            return Pool(_text_file(source, problems, positions), root_path, positions)
+        else:
+            raise DataError("unsupported pool: give an M-BEIR .jsonl pool, a folder of images, "
+                            "or a .jsonl/.csv/.tsv/.txt of texts", path=str(source))
+    if not allow_outside_root:
+        candidates = _inside_root(candidates, root_path, source, problems, positions)
+    return Pool(candidates, root_path, positions)
 
 
 def _looks_like_mbeir(path: Path) -> bool:
@@ -63,18 +87,19 @@ def _looks_like_mbeir(path: Path) -> bool:
 
 
 def _inside_root(candidates: list[Candidate], root: Path, source: Path, problems: Problems,
-                 allow_outside: bool) -> list[Candidate]:
-    """Candidates whose image lies under ``root`` (symlinks resolved); the others are reported and left out."""
-    if allow_outside:
-        return candidates
-    kept, real_dirs = [], {}
-    for c in candidates:
+                 positions: SourceRows) -> list[Candidate]:
+    """Candidates whose image lies under ``root`` (symlinks resolved); the others are reported and left out
+    (and from ``positions``)."""
+    kept, rows, real_dirs = [], array("q"), {}
+    for c, row in zip(candidates, positions.rows):
         if c.img_path and not _is_within(root, c.img_path, real_dirs):
             problems.add(f"image path {c.img_path!r} leaves the data root {root}; move the file under the root, "
                          "or pass --allow-outside-root to index it anyway", path=str(source), item=c.did,
                          field_name="img_path")
             continue
         kept.append(c)
+        rows.append(row)
+    positions.rows = rows
     return kept
 
 
@@ -95,10 +120,12 @@ def _is_within(root: Path, img_path: str, real_dirs: dict[str, str]) -> bool:
     return target == base or target.startswith(base.rstrip(os.sep) + os.sep)
 
 
-def _image_folder(folder: Path, problems: Problems) -> list[Candidate]:
+def _image_folder(folder: Path, problems: Problems, positions: SourceRows) -> list[Candidate]:
     captions = _captions(folder, problems)
     out = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    positions.total = len(files)
+    for position, path in enumerate(files):
         rel = path.relative_to(folder).as_posix()
         why = id_problem(rel, "image")
         if why:
@@ -106,6 +133,7 @@ def _image_folder(folder: Path, problems: Problems) -> list[Candidate]:
             continue
         caption = captions.get(rel) or captions.get(path.name)
         out.append(Candidate(rel, Modality.IMAGE_TEXT if caption else Modality.IMAGE, caption, rel))
+        positions.rows.append(position)
     if not out:
         raise NotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {folder}")
     return out
@@ -115,34 +143,39 @@ def _captions(folder: Path, problems: Problems) -> dict[str, str]:
     for name in CAPTION_FILES:
         path = folder / name
         if path.is_file():
-            return {rid: text for rid, text in _rows(path, problems, id_keys=("file", "image", "filename", "id"))}
+            rows = _rows(path, problems, SourceRows(), id_keys=("file", "image", "filename", "id"))
+            return {rid: text for _, rid, text in rows}
     return {}
 
 
-def _text_file(path: Path, problems: Problems) -> list[Candidate]:
+def _text_file(path: Path, problems: Problems, positions: SourceRows) -> list[Candidate]:
     out, seen = [], set()
-    for rid, text in _rows(path, problems, id_keys=("id", "did")):
+    for position, rid, text in _rows(path, problems, positions, id_keys=("id", "did")):
         if rid in seen:
             problems.add(f"duplicate id {rid!r}", path=str(path), item=rid)
             continue
         seen.add(rid)
         out.append(Candidate(rid, Modality.TEXT, text))
+        positions.rows.append(position)
     return out
 
 
-def _rows(path: Path, problems: Problems, id_keys: tuple[str, ...]):
-    """Yield (id, text) from a .jsonl, .csv/.tsv or .txt file; rows without text are reported and skipped."""
+def _rows(path: Path, problems: Problems, positions: SourceRows, id_keys: tuple[str, ...]):
+    """Yield (position, id, text) from a .jsonl, .csv/.tsv or .txt file, where position is the record's place
+    among the file's records (``positions.total`` counts them); rows without text are reported and skipped."""
     suffix = path.suffix.lower()
     if suffix == ".txt":
         for lineno, line in iter_lines(path, problems):
             if line.strip():
-                yield f"{path.stem}:{lineno}", line.strip()
+                positions.total += 1
+                yield positions.total - 1, f"{path.stem}:{lineno}", line.strip()
         return
-    records: list[tuple[int, dict]] = []
+    records: list[tuple[int, int, dict]] = []
     if suffix == ".jsonl":
         for lineno, line in iter_lines(path, problems):
             if not line.strip():
                 continue
+            positions.total += 1
             try:
                 obj = json.loads(line)
                 if not isinstance(obj, dict):
@@ -158,15 +191,16 @@ def _rows(path: Path, problems: Problems, id_keys: tuple[str, ...]):
                 problems.add("not valid Unicode (a lone surrogate such as \\ud800); fix the text", path=str(path),
                              line=lineno, field_name=bad)
                 continue
-            records.append((lineno, obj))
+            records.append((positions.total - 1, lineno, obj))
     else:
         rows = csv_rows(path, "\t" if suffix == ".tsv" else ",", problems)
         header = next(rows, None)
         if header is None:
             return
         names = [h.strip() for h in header[1]]
-        records = [(lineno, dict(zip(names, cells))) for lineno, cells in rows]
-    for lineno, obj in records:
+        records = [(i, lineno, dict(zip(names, cells))) for i, (lineno, cells) in enumerate(rows)]
+        positions.total = len(records)
+    for position, lineno, obj in records:
         text = next((obj[k] for k in ("text", "caption", "txt") if isinstance(obj.get(k), str) and obj[k].strip()),
                     obj.get("text"))
         key = next((k for k in id_keys if obj.get(k) not in (None, "")), None)
@@ -182,4 +216,4 @@ def _rows(path: Path, problems: Problems, id_keys: tuple[str, ...]):
             problems.add("no text (expected a 'text' or 'caption' field that is not empty or only whitespace)",
                          path=str(path), line=lineno, item=rid)
             continue
-        yield rid, text.strip()
+        yield position, rid, text.strip()

@@ -11,14 +11,16 @@ from typing import Any, Iterable, Iterator
 
 from ..errors import DataError, InvalidInputError, NotFoundError
 from .problems import Problems
-from .records import Candidate, Modality, Query, dumps
+from .records import Candidate, Modality, Query, SourceRows, dumps
 from .textio import csv_rows, id_problem, invalid_unicode_field, iter_lines
 
 
-def _iter_json_lines(path: Path, problems: Problems) -> Iterator[tuple[int, dict[str, Any]]]:
+def _iter_json_lines(path: Path, problems: Problems, positions: SourceRows) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each well-formed record; ``positions.total`` counts every non-blank line."""
     for lineno, line in iter_lines(path, problems):
         if not line.strip():
             continue
+        positions.total += 1
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -71,9 +73,11 @@ def _record_modality(obj: dict, key: str, has_text: bool, has_image: bool, path:
     return modality
 
 
-def read_candidates(path: "str | os.PathLike", problems: Problems | None = None) -> list[Candidate]:
-    """Read an M-BEIR candidate pool (``cand_pool/*.jsonl``). Bad lines go to ``problems`` (raise when strict)."""
-    return _read_records(Path(path), problems, "did", "candidate", _parse_candidate)
+def read_candidates(path: "str | os.PathLike", problems: Problems | None = None, *,
+                    positions: SourceRows | None = None) -> list[Candidate]:
+    """Read an M-BEIR candidate pool (``cand_pool/*.jsonl``). Bad lines go to ``problems`` (raise when strict);
+    ``positions`` receives where each kept record lies among the file's records."""
+    return _read_records(Path(path), problems, "did", "candidate", _parse_candidate, positions)
 
 
 def read_queries(path: "str | os.PathLike", problems: Problems | None = None) -> list[Query]:
@@ -81,11 +85,13 @@ def read_queries(path: "str | os.PathLike", problems: Problems | None = None) ->
     return _read_records(Path(path), problems, "qid", "query", _parse_query)
 
 
-def _read_records(path: Path, problems: Problems | None, id_field: str, kind: str, parse) -> list:
+def _read_records(path: Path, problems: Problems | None, id_field: str, kind: str, parse,
+                  positions: SourceRows | None = None) -> list:
     """The shared loop: one record per line, ids present and unique, every failure located by file and line."""
     problems = problems if problems is not None else Problems(strict=True)
+    positions = positions if positions is not None else SourceRows()
     out, seen = [], {}
-    for lineno, obj in _iter_json_lines(path, problems):
+    for lineno, obj in _iter_json_lines(path, problems, positions):
         try:
             rid = obj.get(id_field)
             why = id_problem(rid, kind)
@@ -96,6 +102,7 @@ def _read_records(path: Path, problems: Problems | None, id_field: str, kind: st
                 raise DataError(f"duplicate {kind} id {rid!r} (first on line {seen[rid]})",
                                 path=str(path), line=lineno, field=id_field)
             out.append(parse(obj, rid, path, lineno))
+            positions.rows.append(positions.total - 1)
             seen[rid] = lineno
         except DataError as exc:
             problems.add(exc.reason, path=str(path), line=lineno, item=_shown_id(obj), field_name=exc.field)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from array import array
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -91,6 +92,20 @@ class Candidate:
     def to_json(self) -> dict[str, Any]:
         return {"txt": self.txt, "img_path": self.img_path, "modality": self.modality.value,
                 "did": self.did, "src_content": self.src_content}
+
+
+@dataclass
+class SourceRows:
+    """Where the records a reader kept sit in their source: ``rows[i]`` is the position of the i-th kept record
+    among all the source's records (non-blank lines, CSV rows, image files), skipped ones included, and ``total``
+    counts them all. Features computed elsewhere have one row per source record; this aligns them."""
+
+    rows: "array[int]" = field(default_factory=lambda: array("q"))  # 8 B a record, not a Python int each
+    total: int = 0
+
+    @property
+    def skipped(self) -> int:
+        return self.total - len(self.rows)
 
 
 @dataclass

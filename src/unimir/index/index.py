@@ -26,10 +26,10 @@ import numpy as np
 
 from .. import atomic
 from ..data.images import bytes_digest, file_digest, open_image
-from ..data.ingest import load_pool
+from ..data.ingest import read_pool
 from ..data.mbeir import format_text, query_text
 from ..data.problems import Problems
-from ..data.records import Candidate, Modality, parse_modalities
+from ..data.records import Candidate, Modality, SourceRows, parse_modalities
 from ..encoders import EmbeddingCache, Encoder, Features, Item, fuse, fusion_of, load_encoder
 from ..errors import IndexFormatError, InvalidInputError, NotFoundError, UnimirError, UnimirWarning
 from ..ranking import Ranking
@@ -160,22 +160,27 @@ class Index:
         if out is not None:
             previous_manifest(Path(out))  # refuse a folder that is not an index before any encoding work
         if isinstance(source, (str, Path)):
-            candidates, root_path = load_pool(source, root, problems, allow_outside_root=allow_outside_root)
+            pool = read_pool(source, root, problems, allow_outside_root=allow_outside_root)
+            candidates, root_path, positions = pool.candidates, pool.root, pool.positions
         else:
             candidates, root_path = list(source), Path(root or ".").resolve()
+            positions = SourceRows(total=len(candidates))
+            positions.rows.extend(range(len(candidates)))
         if features is not None:
             from .features import read_features
 
             feats = read_features(features) if not isinstance(features, Features) else features
-            if len(feats) != len(candidates):
+            if len(feats) != positions.total:
+                skipped = f", {positions.skipped} of them skipped as bad" if positions.skipped else ""
                 raise InvalidInputError(f"{features if not isinstance(features, Features) else 'features'}: "
-                                        f"{len(feats)} rows for {len(candidates)} pool records (one row per record, "
-                                        "in pool order)")
+                                        f"{len(feats)} rows for {positions.total} pool records{skipped} (one row "
+                                        "per record, in pool order)")
             enc = encoder
             if not isinstance(enc, str) and enc.dim != feats.dim:
                 raise InvalidInputError(f"features are {feats.dim}-d but encoder {enc.spec!r} is {enc.dim}-d")
             idx = cls._new(enc, feats.dim, index, fusion_weights, root_path, device, keep_parts)
-            idx.add_features(candidates, feats, out=Path(out) if out is not None else None)
+            idx.add_features(candidates, feats, out=Path(out) if out is not None else None,
+                             rows=None if positions.skipped == 0 else np.frombuffer(positions.rows, np.int64))
             return idx
         enc = load_encoder(encoder, device=device) if isinstance(encoder, str) else encoder
         idx = cls._new(enc, enc.dim, index, fusion_weights, root_path, device, keep_parts)
@@ -737,8 +742,9 @@ class Index:
         return len(kept)
 
     def add_features(self, candidates: Sequence[Candidate], features: Features, digests=None, *,
-                     out: Path | None = None, chunk: int = SEGMENT_ROWS) -> None:
+                     out: Path | None = None, chunk: int = SEGMENT_ROWS, rows: np.ndarray | None = None) -> None:
         """Append candidates with precomputed parts (bring-your-own embeddings), ``chunk`` rows per segment.
+        ``rows`` gives each candidate's row of ``features`` (default: the same position).
 
         With ``out``, each chunk is committed as it is built (memory stays at one chunk), else kept in memory."""
         n = len(candidates)
@@ -746,10 +752,11 @@ class Index:
         if not self.vectors.is_trained:
             size = self.vectors.train_size(n)  # type: ignore[attr-defined]
             pick = np.sort(np.random.default_rng(0).choice(n, size, replace=False)) if size < n else np.arange(n)
-            self.vectors.train(self.fuse(features[pick]))
+            self.vectors.train(self.fuse(features[pick if rows is None else rows[pick]]))
         for start in range(0, n, chunk):
             part = slice(start, min(n, start + chunk))
-            feats = features[part]  # read in the file's own precision (fp16 parts: half the bytes of float32)
+            # read in the file's own precision (fp16 parts: half the bytes of float32)
+            feats = features[part if rows is None else rows[part]]
             joint = None if feats.joint is None else np.asarray(feats.joint)
             feats = Features(np.asarray(feats.image), np.asarray(feats.text), np.asarray(feats.image_mask, bool),
                              np.asarray(feats.text_mask, bool), joint)
