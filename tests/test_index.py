@@ -45,6 +45,20 @@ def test_exclude_query_drops_identical_items(built, corpus):
     assert "mbeir_images/shapes/red_circle.png" not in [h.img_path for h in filtered] and len(filtered) == 3
     text_hits = built.search("a red circle", modality="text", k=2, exclude_query=True).hits
     assert "A red circle." not in [h.txt for h in text_hits]
+    from unimir.index.index import MAX_K
+
+    every = built.search(image=str(img), k=MAX_K, exclude_query=True).hits  # the largest k, searched deeper
+    assert len(every) == len(built) - 1 and every[0].tie_group == 0
+    assert [h.tie_group for h in every] == sorted(h.tie_group for h in every)
+
+
+def test_ranking_without_renumbers_the_remaining_tie_groups():
+    from unimir.ranking import Ranking
+
+    r = Ranking(np.arange(6), np.array([5, 4, 4, 3, 3, 2], np.float32), np.array([0, 1, 1, 2, 2, 3]))
+    left = r.without({0, 3})
+    assert left.indices.tolist() == [1, 2, 4, 5] and left.tie_groups.tolist() == [0, 0, 1, 2]
+    assert r.without(set()) is r and len(r.without(set(range(6)))) == 0
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -181,7 +195,7 @@ def test_dense_search_against_brute_force(spec, tmp_path):
     store.add_segment("a", vecs[:150], codes[:150], 0)
     store.add_segment("b", vecs[150:], codes[150:], 150)  # a second segment keeps global rows
     store.write_segment("b", tmp_path)  # ... and is searched memory-mapped once persisted
-    store.open_segment("b", tmp_path, 150)
+    store.open_segment("b", tmp_path, 150, 150)
     deleted = {3, 120, 200}
     store.set_deleted(np.asarray(sorted(deleted)))
     queries = np.concatenate([vecs[7:8], rng.normal(size=(5, 8)).astype(np.float32)])
@@ -202,3 +216,11 @@ def test_dense_ties_are_returned_whole():
     store.add_segment("a", vecs, np.zeros(50, np.int8), 0)
     (r,) = store.search(vecs[:1], 5, [None])
     assert len(r) == 50 and len(set(r.tie_groups.tolist())) == 1
+
+
+def test_a_data_root_that_is_not_a_folder_is_refused_at_load(built, tmp_path):
+    from unimir.errors import NotFoundError
+
+    for root in (tmp_path / "nowhere", built.path / "manifest.json"):
+        with pytest.raises(NotFoundError, match="is not a folder"):
+            Index.load(built.path, root=root)

@@ -102,6 +102,9 @@ def test_health_and_info(client):
     assert {p["label"] for p in info["presets"]} >= {"text → image", "image → text", "image → image",
                                                      "image+text → image"}
     assert r.headers["x-content-type-options"] == "nosniff"
+    for path in ("/health", "/"):  # load balancers and uptime checks probe with HEAD
+        head = client.head(path)
+        assert head.status_code == 200 and head.content == b"", path
 
 
 def test_page_and_static_assets(client):
@@ -547,3 +550,68 @@ def test_unimir_serve_cli_end_to_end(built, tmp_path):
         proc.wait(timeout=30)
         log.close()
     assert "serving 30 items" in (tmp_path / "serve.log").read_text()
+
+
+def test_records_reach_only_files_in_their_own_place(tmp_path, encoder):
+    """`index:` paths name uploads in the index's media folder: a pool file cannot use them and the Python API
+    cannot point them elsewhere; a symlink swapped in under the data root after indexing is not followed."""
+    from unimir.data.mbeir import read_candidates
+    from unimir.data.problems import Problems
+    from unimir.data.records import Candidate, Modality
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "imgs").mkdir(parents=True)
+    outside.mkdir()
+    draw("red", "circle").save(root / "imgs" / "a.png")
+    (outside / "secret.png").write_bytes(_png("blue", "square") + SECRET.encode())
+    index = Index.build([Candidate("a", Modality.IMAGE, None, "imgs/a.png")], tmp_path / "idx", root=root,
+                        encoder=encoder)
+    pool = tmp_path / "evil.jsonl"
+    pool.write_text(json.dumps({"did": "e1", "img_path": "index:../outside/secret.png", "modality": "image"}) + "\n")
+    problems = Problems()
+    assert read_candidates(pool, problems) == [] and "img_path" in str(problems.items[0])
+    problems = Problems()
+    evil = [Candidate(f"e{i}", Modality.IMAGE, None, p) for i, p in
+            enumerate(["index:../../outside/secret.png", f"index:{outside / 'secret.png'}", "index:media/../x"])]
+    assert index.add(evil, problems=problems) == 0 and len(problems) == 3
+    (root / "imgs" / "a.png").unlink()
+    (root / "imgs" / "a.png").symlink_to(outside / "secret.png")
+    with TestClient(create_app(Index.load(tmp_path / "idx", encoder=encoder))) as c:
+        message = _error(c.get("/items/a/image"), 404)
+        assert "resolves outside" in message and SECRET not in message
+        assert SECRET not in c.get("/items/a/image?size=64").text
+        _error(c.post("/search", json={"image_id": "a"}), 404)
+
+
+def test_urlencoded_fields_that_are_not_utf8_are_400(fresh):
+    _, _, c = fresh
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    assert "field 'id' is not valid UTF-8" in _error(c.post("/items", content=b"id=bad%ffid&text=hi", headers=form),
+                                                     400)
+    assert "field 'text' is not valid UTF-8" in _error(c.post("/search", content=b"text=%ff%fe", headers=form), 400)
+    assert "given twice" in _error(c.post("/search", content=b"text=a&text=b", headers=form), 400)
+    r = c.post("/search", content=b"text=caf%C3%A9+cr%C3%A8me&k=2", headers=form)
+    assert r.status_code == 200 and r.json()["query"]["text"] == "café crème" and r.json()["count"] == 2
+    assert c.get("/health").json()["items"] == 30
+
+
+def test_an_explicit_id_must_not_be_blank(fresh):
+    _, _, c = fresh
+    for blank in ("", "   "):
+        assert "id must be a non-empty string" in _error(c.post("/items", json={"text": "x", "id": blank}), 400)
+    assert "id must be a non-empty string" in _error(c.post("/items", data={"text": "x", "id": ""}), 400)
+    assert c.get("/health").json()["items"] == 30
+
+
+def test_uploads_keep_their_format_and_a_damaged_one_is_the_servers_fault(fresh):
+    index_dir, _, c = fresh
+    for fmt, suffix in (("BMP", ".bmp"), ("GIF", ".gif"), ("JPEG", ".jpg")):
+        buf = io.BytesIO()
+        draw("red", "square", 48).convert("RGB" if fmt != "GIF" else "P").save(buf, fmt)
+        r = c.post("/items", data={"id": f"up:{fmt}"}, files={"image": ("x", buf.getvalue(), "image/x")})
+        assert r.status_code == 201, r.text
+        stored = [p for p in (index_dir / "media").iterdir() if p.read_bytes() == buf.getvalue()]
+        assert [p.suffix for p in stored] == [suffix]
+    stored[0].write_bytes(stored[0].read_bytes()[:40])  # damaged on the server after the upload
+    assert "unreadable on the server" in _error(c.post("/search", json={"image_id": "up:JPEG"}), 404)
+    assert "unreadable on the server" in _error(c.get("/items/up%3AJPEG/image?size=64"), 404)

@@ -134,6 +134,15 @@ def test_old_format_and_corrupt_segments_are_refused(copy, tmp_path):
         Index.load(copy.path)
 
 
+def test_a_missing_dense_partition_is_refused_not_searched_around(built, tmp_path, tiny_encoder):
+    """Each modality has its own FAISS file in a segment; losing one must not make that modality vanish."""
+    shutil.copytree(built.path, tmp_path / "idx")
+    seg = tmp_path / "idx" / built.manifest.segments[0].name
+    (seg / "dense-0.faiss").unlink()
+    with pytest.raises(IndexFormatError, match=r"hold \d+ vectors for the segment's 36 rows; rebuild the index"):
+        Index.load(tmp_path / "idx", encoder=tiny_encoder)
+
+
 def test_building_into_a_foreign_folder_is_refused(corpus, tiny_encoder, tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")

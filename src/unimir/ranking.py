@@ -41,11 +41,14 @@ class Ranking:
         return Ranking(self.indices[:k], self.scores[:k], self.tie_groups[:k])
 
     def without(self, rows: "set[int] | np.ndarray") -> "Ranking":
-        """The ranking with the given candidate rows removed (tie groups of the rest unchanged)."""
+        """The ranking with the given candidate rows removed; the rest keep their ties, their groups numbered
+        0, 1, ... again."""
         if len(rows) == 0:
             return self
         keep = ~np.isin(self.indices, np.fromiter(rows, dtype=np.int64) if isinstance(rows, set) else rows)
-        return Ranking(self.indices[keep], self.scores[keep], self.tie_groups[keep])
+        groups = self.tie_groups[keep]
+        renumbered = np.unique(groups, return_inverse=True)[1].reshape(-1) if len(groups) else groups
+        return Ranking(self.indices[keep], self.scores[keep], renumbered.astype(self.tie_groups.dtype))
 
     @staticmethod
     def empty() -> "Ranking":

@@ -70,6 +70,20 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
+_SUFFIXES = {"JPEG": ".jpg", "MPO": ".jpg", "TIFF": ".tif"}
+
+
+def image_suffix(data: bytes) -> str:
+    """The file suffix of image bytes by their own format (``.png``, ``.jpg``, ``.gif``, ``.bmp``, ...), for
+    storing an upload under a name that says what it is; ``.img`` when Pillow cannot tell."""
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            fmt = probe.format or ""
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return ".img"
+    return _SUFFIXES.get(fmt, f".{fmt.lower()}" if fmt.isalnum() else ".img")
+
+
 def file_digest(path: "str | os.PathLike") -> str:
     """The sha1 that names an image's content (embedding cache, duplicate detection)."""
     from ..atomic import digest_file

@@ -12,7 +12,7 @@ from ..errors import DataError, NotFoundError
 from .images import IMAGE_SUFFIXES
 from .mbeir import read_candidates
 from .problems import Problems
-from .records import Candidate, Modality, SourceRows
+from .records import INDEX_MEDIA, Candidate, Modality, SourceRows
 from .textio import csv_rows, id_problem, invalid_unicode_field, iter_lines
 
 CAPTION_FILES = ("captions.tsv", "captions.csv", "captions.jsonl")
@@ -127,7 +127,8 @@ def _image_folder(folder: Path, problems: Problems, positions: SourceRows) -> li
     positions.total = len(files)
     for position, path in enumerate(files):
         rel = path.relative_to(folder).as_posix()
-        why = id_problem(rel, "image")
+        why = id_problem(rel, "image") or (f"a name starting with {INDEX_MEDIA!r} is reserved for images stored "
+                                           "inside an index" if rel.startswith(INDEX_MEDIA) else None)
         if why:
             problems.add(f"{why} (the id is the file's path; rename the file)", path=str(folder))
             continue

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Iterator
 
 from ..errors import DataError, InvalidInputError, NotFoundError
 from .problems import Problems
-from .records import Candidate, Modality, Query, SourceRows, dumps
+from .records import INDEX_MEDIA, Candidate, Modality, Query, SourceRows, dumps
 from .textio import csv_rows, id_problem, invalid_unicode_field, iter_lines
 
 
@@ -112,6 +112,9 @@ def _read_records(path: Path, problems: Problems | None, id_field: str, kind: st
 def _parse_candidate(obj: dict, did: str, path: Path, lineno: int) -> Candidate:
     txt = _opt_str(obj, "txt", path, lineno)
     img = _opt_str(obj, "img_path", path, lineno)
+    if img is not None and img.startswith(INDEX_MEDIA):
+        raise DataError(f"image paths starting with {INDEX_MEDIA!r} name images stored inside an index (uploads) "
+                        "and cannot come from a pool file", path=str(path), line=lineno, field="img_path")
     if txt is None and img is None:
         raise DataError("a candidate needs 'txt', 'img_path' or both (text that is empty or only whitespace "
                         "does not count)", path=str(path), line=lineno)

@@ -10,6 +10,8 @@ from typing import Any
 
 from ..errors import InvalidInputError
 
+INDEX_MEDIA = "index:"  # img_path prefix of images stored inside an index directory (uploads); never from a pool
+
 
 class Modality(str, Enum):
     """The three M-BEIR modality strings. ``code`` is the GENIUS level-0 code (0 image, 1 text, 2 image+text)."""

@@ -153,9 +153,8 @@ def _evaluate_group(index, qfile, task_id, queries, relevant_map, data_root, tab
     bar = progress_bar(len(prepared.items), f"search {qfile.stem} ({mode})", enabled=progress, unit="query")
     for start in range(0, len(prepared.items), batch_size):
         sl = slice(start, start + batch_size)
-        depth = max(ks) + max((len(d) for d in duplicates[sl]), default=0)
-        rankings = [r.without(d) for r, d in zip(index.search_features(feats[sl], allowed[sl], depth, mode=mode,
-                                                                       beams=beams), duplicates[sl])]
+        rankings = index.search_features(feats[sl], allowed[sl], max(ks), mode=mode, beams=beams,
+                                         exclude=duplicates[sl])
         did_of = dict(zip(*_unique_dids(index, rankings)))
         for q, target, rel, ranking in zip(prepared.queries[sl], prepared.targets[sl], prepared.relevant[sl],
                                            rankings):

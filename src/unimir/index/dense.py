@@ -210,7 +210,7 @@ class FaissStore(VectorStore):
             files += [f"dense-{p.code}.faiss", f"dense-{p.code}.rows.npy"]
         return files
 
-    def open_segment(self, name: str, folder: Path, first_row: int) -> None:
+    def open_segment(self, name: str, folder: Path, first_row: int, num_rows: int) -> None:
         parts = []
         for path in sorted(folder.glob("dense-*.faiss")):
             code = int(path.name.split("-")[1].split(".")[0])
@@ -228,6 +228,10 @@ class FaissStore(VectorStore):
             if rows.shape != (index.ntotal,):
                 raise IndexFormatError(f"{path}: {index.ntotal} vectors but {rows.shape[0]} rows; rebuild the index")
             parts.append(_Partition(code, index, rows, first_row))
+        held = sum(p.ntotal for p in parts)
+        if held != num_rows:  # a partition file lost or left over would drop or invent a modality's items
+            raise IndexFormatError(f"{folder}: its dense-*.faiss files hold {held} vectors for the segment's "
+                                   f"{num_rows} rows; rebuild the index")
         self._count_deleted(parts)
         self.segments = {**self.segments, name: parts}  # copy on write: searches iterate a snapshot
 

@@ -13,6 +13,7 @@ Global rows number the rows of all segments in order; deleted rows keep their nu
 from __future__ import annotations
 
 import copy
+import os
 import secrets
 import threading
 import time
@@ -25,11 +26,11 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .. import atomic
-from ..data.images import bytes_digest, file_digest, open_image
+from ..data.images import bytes_digest, file_digest, image_suffix, open_image
 from ..data.ingest import read_pool
 from ..data.mbeir import format_text, query_text
 from ..data.problems import Problems
-from ..data.records import Candidate, Modality, SourceRows, parse_modalities
+from ..data.records import INDEX_MEDIA, Candidate, Modality, SourceRows, parse_modalities
 from ..encoders import EmbeddingCache, Encoder, Features, Item, fuse, fusion_of, load_encoder
 from ..errors import IndexFormatError, InvalidInputError, NotFoundError, UnimirError, UnimirWarning
 from ..ranking import Ranking
@@ -55,7 +56,6 @@ from .vectors import VectorStore
 MODES = tuple(RETRIEVERS)
 MAX_K = 1000
 MAX_BEAMS = 256  # one limit for the CLI, the Python API and the server: beam search memory grows with B
-INDEX_MEDIA = "index:"  # img_path prefix of images stored inside the index directory (uploads)
 SEGMENT_ROWS = 262_144  # rows per segment when building from features (bounds the working set)
 FUSE_BATCH = 16_384  # rows fused at a time
 
@@ -201,6 +201,9 @@ class Index:
 
         Damaged or inconsistent files raise :class:`IndexFormatError`, never a raw parser error."""
         path = Path(path)
+        if root and not Path(root).is_dir():  # else every image would be "missing" later, one request at a time
+            raise NotFoundError(f"data root {root} is not a folder: give the folder the pool's image paths are "
+                                "relative to")
         for attempt in range(3):
             m = Manifest.read(path)
             try:
@@ -258,7 +261,7 @@ class Index:
             if seg.rows != entry.rows:
                 raise IndexFormatError(f"{path / entry.name}: manifest says {entry.rows} rows, found {seg.rows}; "
                                        "rebuild the index")
-            self.vectors.open_segment(entry.name, path / entry.name, entry.first_row)
+            self.vectors.open_segment(entry.name, path / entry.name, entry.first_row, entry.rows)
             segments.append(seg)
         deleted = np.zeros(0, np.int64)
         if m.files.get("tombstones"):
@@ -424,7 +427,7 @@ class Index:
             e = entries[seg.name]
             opened[seg.name] = Segment.open(path / e.name, e.name, e.first_row, path / e.codes if e.codes else None,
                                             parts=self.manifest.parts)
-            self.vectors.open_segment(e.name, path / e.name, e.first_row)
+            self.vectors.open_segment(e.name, path / e.name, e.first_row, e.rows)
             seg.close()
         self._state = _make_state([opened.get(s.name, s) for s in self._state.segments], self._state.deleted)
 
@@ -685,11 +688,31 @@ class Index:
         if cand.img_path.startswith(INDEX_MEDIA):
             if self.path is None:
                 raise NotFoundError(f"item {cand.did!r}: its image lives in an unsaved index")
-            return self.path / cand.img_path[len(INDEX_MEDIA):]
+            folder, _, name = cand.img_path[len(INDEX_MEDIA):].partition("/")
+            if folder != "media" or not name or "/" in name or "\\" in name or name in (".", ".."):
+                raise NotFoundError(f"item {cand.did!r}: {cand.img_path!r} is not an image stored in this index")
+            return self.path / "media" / name
         p = Path(cand.img_path)
         if p.is_absolute() or self.root is None:
             return p
         return self.root / p
+
+    def served_image_path(self, cand: Candidate) -> Path:
+        """:meth:`image_path`, refused (``NotFoundError``) when the file resolves outside the place its record
+        names: the data root for a relative path, the index's media folder for an upload. A symlink put there
+        after indexing cannot hand out other files; an absolute path is served only because it was indexed with
+        ``allow_outside_root``."""
+        path = self.image_path(cand)
+        if cand.img_path.startswith(INDEX_MEDIA):
+            base = self.path / "media"
+        elif Path(cand.img_path).is_absolute() or self.root is None:
+            return path
+        else:
+            base = self.root
+        real, base = os.path.realpath(path), os.path.realpath(base)
+        if not real.startswith(base.rstrip(os.sep) + os.sep):
+            raise NotFoundError(f"the image of item {cand.did!r} now resolves outside {base}; it is not served")
+        return path
 
     # --- adding --------------------------------------------------------------------------------------------
     def add(self, candidates: Sequence[Candidate], *, root: "str | Path | None" = None,
@@ -715,6 +738,12 @@ class Index:
             if c.did in seen or (c.did in existing and not replace):
                 problems.add(f"duplicate candidate id {c.did!r}", item=c.did)
                 continue
+            if c.img_path and c.img_path.startswith(INDEX_MEDIA):
+                try:
+                    self.image_path(c)
+                except NotFoundError as exc:
+                    problems.add(str(exc), item=c.did, field_name="img_path")
+                    continue
             seen.add(c.did)
             if c.txt is not None:
                 c = Candidate(c.did, c.modality, format_text(c.txt), c.img_path, c.src_content)
@@ -840,12 +869,10 @@ class Index:
             raise InvalidInputError("an item needs a text, an image or both")
         img_path = None
         if image:
-            picture = open_image(image, name="uploaded image")  # refuse undecodable bytes before storing them
-            digest = bytes_digest(image)
-            suffix = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp"}.get(picture.format or "", ".png")
+            open_image(image, name="uploaded image")  # refuse undecodable bytes before storing them
             media = self.path / "media"
             media.mkdir(exist_ok=True)
-            target = media / f"{digest}{suffix}"
+            target = media / f"{bytes_digest(image)}{image_suffix(image)}"
             if not target.exists():
                 atomic.write_bytes(target, image)
             img_path = f"{INDEX_MEDIA}media/{target.name}"
@@ -944,8 +971,7 @@ class Index:
         feats, _ = self.encoder.encode([Item(qtext, image, name="query")], "query")
         t1 = time.perf_counter()
         duplicates = self.duplicate_rows(text if has_text else None, image) if exclude_query else set()
-        ranking = self.search_features(feats, [allowed], k + len(duplicates), mode=mode, beams=beams)[0]
-        ranking = ranking.without(duplicates).top(k)
+        ranking = self.search_features(feats, [allowed], k, mode=mode, beams=beams, exclude=[duplicates])[0].top(k)
         t2 = time.perf_counter()
         cands = self.candidates_at(ranking.indices)
         hits = [SearchHit(i + 1, c.did, c.modality.value, float(s), c.txt, c.img_path, int(g))
@@ -954,12 +980,16 @@ class Index:
         return SearchResult(hits, mode, qtext, {"encode": ms(t0, t1), "search": ms(t1, t2), "total": ms(t0, t2)})
 
     def search_features(self, queries: Features, allowed: "Sequence[Sequence[Modality] | None]", k: int, *,
-                        mode: str = "dense", beams: int | None = None) -> list[Ranking]:
+                        mode: str = "dense", beams: int | None = None,
+                        exclude: "Sequence[set[int]] | None" = None) -> list[Ranking]:
         """Batch search with encoded queries. ``allowed``: per query, the candidate modalities to consider
-        (None = any). Returns one :class:`Ranking` per query over global rows, tie groups whole."""
+        (None = any); ``exclude``: per query, rows to leave out (searched deeper, so that k rows remain when the
+        pool has them). Returns one :class:`Ranking` per query over global rows, tie groups whole."""
         self._check_request(k, mode, beams)
         codes = [None if a is None else tuple(m.code for m in a) for a in allowed]
-        return RETRIEVERS[mode]().search(self, queries, codes, k, beams)
+        extra = max((len(e) for e in exclude), default=0) if exclude is not None else 0
+        rankings = RETRIEVERS[mode]().search(self, queries, codes, k + extra, beams)
+        return rankings if not extra else [r.without(e) for r, e in zip(rankings, exclude)]
 
     def _check_request(self, k: int, mode: str, beams: int | None = None) -> None:
         if mode not in RETRIEVERS:

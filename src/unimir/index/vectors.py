@@ -49,8 +49,9 @@ class VectorStore(ABC):
         """Persist segment ``name`` under ``folder`` (a new, empty segment folder); returns the file names."""
 
     @abstractmethod
-    def open_segment(self, name: str, folder: Path, first_row: int) -> None:
-        """Open a persisted segment (memory-mapped where the engine allows)."""
+    def open_segment(self, name: str, folder: Path, first_row: int, num_rows: int) -> None:
+        """Open a persisted segment of ``num_rows`` rows (memory-mapped where the engine allows); a store that does
+        not hold exactly those rows raises ``IndexFormatError``."""
 
     @abstractmethod
     def rebase_segment(self, name: str, first_row: int) -> None:

@@ -12,7 +12,7 @@ import logging
 import time
 from importlib import resources
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -162,7 +162,7 @@ def create_app(index: Index, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, *
         return error_response(500, "InternalError", "internal server error (see the server log)")
 
     # --- page ---------------------------------------------------------------------------------------------
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def page() -> Response:
         return HTMLResponse(static["index.html"][0], headers={"Content-Security-Policy": PAGE_CSP,
                                                               "Cache-Control": "no-cache"})
@@ -183,6 +183,10 @@ def create_app(index: Index, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, *
     @app.get("/health", tags=["status"], summary="Liveness and item count")
     def health() -> dict[str, Any]:
         return backend.health()
+
+    @app.head("/health", include_in_schema=False)  # uptime checks and load balancers probe with HEAD
+    def health_head() -> Response:
+        return Response(status_code=200)
 
     @app.get("/info", tags=["status"], summary="What this index holds and supports (modes, presets, limits)")
     def info() -> dict[str, Any]:
@@ -264,6 +268,8 @@ async def _fields(request: Request, max_upload_bytes: int) -> dict[str, Any]:
         if bad:
             raise InvalidInputError(f"field {bad!r} is not valid Unicode (a lone surrogate such as \\ud800)")
         return data
+    if ctype == "application/x-www-form-urlencoded":
+        return _urlencoded_fields(await request.body())
     if ctype in FORM_TYPES:
         try:
             form = await request.form(max_files=4, max_fields=32, max_part_size=max_upload_bytes * 4 // 3 + 1024)
@@ -287,6 +293,31 @@ async def _fields(request: Request, max_upload_bytes: int) -> dict[str, Any]:
             await form.close()
         return fields
     raise InvalidInputError("send the request as JSON (application/json) or as a form (multipart/form-data)")
+
+
+def _urlencoded_fields(body: bytes, max_fields: int = 32) -> dict[str, str]:
+    """An urlencoded form, decoded strictly: Starlette's parser turns bytes that are not UTF-8 into U+FFFD, which
+    would be searched or stored as if the client had sent them."""
+    fields: dict[str, str] = {}
+    for pair in body.split(b"&"):
+        if not pair:
+            continue
+        raw_name, _, raw_value = pair.partition(b"=")
+        name, value = (unquote_to_bytes(x.replace(b"+", b" ")) for x in (raw_name, raw_value))
+        try:
+            key = name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInputError("a form field name is not valid UTF-8") from None
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInputError(f"field {key!r} is not valid UTF-8") from None
+        if key in fields:
+            raise InvalidInputError(f"field {key!r} given twice")
+        if len(fields) == max_fields:
+            raise InvalidInputError(f"malformed form data: too many fields (at most {max_fields})")
+        fields[key] = text
+    return fields
 
 
 def _item_ref(request: Request, backend: SearchBackend) -> tuple[str, bool]:

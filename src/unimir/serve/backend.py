@@ -244,11 +244,16 @@ class SearchBackend:
 
     def parse_item(self, fields: Mapping[str, Any]) -> NewItem:
         _no_unknown(fields, ADD_FIELDS)
-        did = _text(fields, "id", MAX_ID_CHARS)
-        if did is not None:
+        did = fields.get("id")
+        if did is not None:  # given, even blank: an explicit id is never replaced by an automatic one
+            if not isinstance(did, str):
+                raise InvalidInputError("id must be a string")
+            if len(did) > MAX_ID_CHARS:
+                raise InvalidInputError(f"id is too long ({len(did)} characters, at most {MAX_ID_CHARS})")
             did = did.strip()
             if not did or any(ord(ch) < 32 or ord(ch) == 127 for ch in did):
-                raise InvalidInputError("id must be a non-empty string without control characters")
+                raise InvalidInputError("id must be a non-empty string without control characters (leave it out "
+                                        "for an id made from the content)")
         return NewItem(text=_text(fields, "text", MAX_TEXT_CHARS), image=self._image(fields.get("image")),
                        id=did, src_content=_text(fields, "src_content", MAX_TEXT_CHARS))
 
@@ -286,6 +291,10 @@ class SearchBackend:
             if image is not None:
                 raise InvalidInputError("give either image or image_id, not both")
             image = self._stored_image_bytes(q.image_id)
+            try:
+                open_image(image, name=q.image_id)
+            except InvalidInputError:  # the server's file, not the client's request, is at fault
+                raise NotFoundError(f"the image of item {q.image_id!r} is unreadable on the server") from None
         with self.rw.reading():
             if q.mode != "dense":
                 with self.model_lock:
@@ -318,7 +327,7 @@ class SearchBackend:
     def _stored_image_bytes(self, did: str) -> bytes:
         cand = self.index.get(did)
         try:
-            with open(self.index.image_path(cand), "rb") as f:  # a path recorded in the index, never a request's
+            with open(self.index.served_image_path(cand), "rb") as f:  # a path recorded in the index, never a request's
                 return f.read()
         except OSError:
             raise NotFoundError(f"the image of item {did!r} is missing on the server") from None
