@@ -451,3 +451,31 @@ def test_features_align_with_the_pool_records_when_bad_ones_are_skipped(corpus, 
     assert proc.stderr.strip().splitlines()[-1] == (f"error: {tmp_path / 'npy'}: 34 rows for 36 pool records, 2 of "
                                                     "them skipped as bad (one row per record, in pool order)")
     assert not (tmp_path / "byo2").exists()
+
+
+def test_two_writers_cannot_both_add_one_id(copy, tiny_encoder):
+    """The id check is repeated under the directory lock after catching up: the first writer's item stays."""
+    from unimir.data.problems import Problems
+
+    other = Index.load(copy.path, encoder=tiny_encoder)  # a second writer (another process, in effect)
+    other.add([Candidate("shared", Modality.TEXT, "from the other writer")])
+    problems = Problems()
+    added = copy.add([Candidate("shared", Modality.TEXT, "from this writer"),
+                      Candidate("mine", Modality.TEXT, "only this writer")], problems=problems)
+    assert added == 1 and "another writer added it meanwhile" in str(problems.items[0])
+    reread = Index.load(copy.path, encoder=tiny_encoder)
+    assert len(reread) == 38 and "other writer" in reread.get("shared").txt and reread.get("mine")
+    with pytest.raises(InvalidInputError, match="duplicate candidate id 'mine'"):
+        other.add([Candidate("mine", Modality.TEXT, "again")])  # strict by default
+
+
+def test_check_reports_an_id_live_twice_and_compact_keeps_the_newest(copy, tiny_encoder):
+    from unimir.encoders.base import Item
+    from unimir.index.check import check_index
+
+    feats, _ = copy.encoder.encode([Item("a second copy")], "candidate")
+    copy._append([Candidate("10:3", Modality.TEXT, "a second copy")], feats, [None])  # what the old race left
+    problems, _ = check_index(copy.path)
+    assert len(problems) == 1 and "id '10:3' is live in rows 3 and 36" in problems[0]
+    assert copy.compact() == 1
+    assert copy.get("10:3").txt == "a second copy" and len(copy) == 36 and check_index(copy.path)[0] == []

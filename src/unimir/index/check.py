@@ -7,6 +7,7 @@ that records, feature rows, FAISS vectors and the generative model's codes agree
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from ..atomic import sha256_file
@@ -35,7 +36,7 @@ def check_index(path: "str | Path") -> tuple[list[str], str]:
         index = Index.load(path)
     except UnimirError as exc:
         return [str(exc)], ""
-    problems += _media_problems(index)
+    problems += _media_problems(index) + _duplicate_problems(index)
     counts = {mod.value: n for mod, n in index.modality_counts().items()}
     recorded = {k: v for k, v in m.modality_counts.items() if v}
     if recorded and recorded != {k: v for k, v in counts.items() if v}:
@@ -49,6 +50,26 @@ def check_index(path: "str | Path") -> tuple[list[str], str]:
     return problems, (f"ok: {path}: generation {m.generation}, {m.num_items} items in {len(m.segments)} segments; "
                       f"{verified}; records, vectors, FAISS partitions"
                       f"{' and generative codes' if index.generative is not None else ''} agree{leftovers}")
+
+
+def _duplicate_problems(index, batch: int = 10_000) -> list[str]:
+    """Ids live in more than one row: each live row must be the one its id looks up (batched, never all ids)."""
+    import numpy as np
+
+    out: list[str] = []
+    deleted = index._state.deleted
+    for seg in index._state.segments:
+        scan, row = seg.records.scan(batch), seg.first_row  # every local row, in order from 0
+        while chunk := [c.did for c, _ in itertools.islice(scan, batch)]:
+            rows = np.arange(row, row + len(chunk))
+            live = ~np.isin(rows, deleted) if len(deleted) else np.ones(len(chunk), bool)
+            found = index.rows_of(chunk)
+            for did, r, alive in zip(chunk, rows.tolist(), live):
+                if alive and found.get(did) != r:
+                    out.append(f"{index.path}: id {did!r} is live in rows {r} and {found.get(did)}; "
+                               "'unimir compact' keeps the newest")
+            row += len(chunk)
+    return out
 
 
 def _media_problems(index) -> list[str]:

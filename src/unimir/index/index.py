@@ -12,6 +12,7 @@ Global rows number the rows of all segments in order; deleted rows keep their nu
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import secrets
@@ -225,8 +226,6 @@ class Index:
         """The inter-process lock of this index's directory (re-entrant; a no-op for an unsaved index).
 
         Hold it around a check-then-add that must not interleave with another writer (the server does)."""
-        import contextlib
-
         return write_lock(self.path) if self.path is not None else contextlib.nullcontext()
 
     def catch_up(self) -> bool:
@@ -555,15 +554,14 @@ class Index:
 
     def rows_of(self, dids: "Sequence[str] | set[str]") -> dict[str, int]:
         """Global rows of the live items among ``dids`` (absent and deleted ids are left out)."""
-        state, out = self._state, {}
+        state = self._state
         dids = list(dict.fromkeys(dids))
-        for seg in state.segments:
-            for did, local in seg.records.rows_of(dids).items():
-                out[did] = seg.first_row + local
-        if len(state.deleted) and out:
-            gone = set(np.intersect1d(np.fromiter(out.values(), np.int64), state.deleted).tolist())
-            out = {d: r for d, r in out.items() if r not in gone}
-        return out
+        pairs = [(did, seg.first_row + local) for seg in state.segments
+                 for did, local in seg.records.rows_of(dids).items()]
+        if len(state.deleted) and pairs:
+            live = ~np.isin(np.fromiter((r for _, r in pairs), np.int64, len(pairs)), state.deleted)
+            pairs = [p for p, keep in zip(pairs, live) if keep]
+        return dict(pairs)  # were an id live twice (`info --check` reports it), its newest row would win
 
     def candidates_at(self, rows: Sequence[int]) -> list[Candidate]:
         """Records of global rows, in the given order (one SQL query per segment and 900 rows)."""
@@ -764,10 +762,25 @@ class Index:
             if enc_cache:
                 enc_cache.close()
         kept = [c for c, good in zip(fresh, ok) if good]
+        kept_digests = [d for d, good in zip(digests, ok) if good]
         if not kept:
             return 0
-        self._append(kept, feats, [d for d, good in zip(digests, ok) if good], save=save, replace=replace,
-                     refresh=refresh, log=progress)
+        # Encoding ran unlocked; the id check is repeated under the directory lock, after catching up with what
+        # other writers committed meanwhile, so two adds of one id cannot both land.
+        with self.writer_lock() if save else contextlib.nullcontext():
+            if save and self.catch_up() and not replace:
+                taken = self.rows_of([c.did for c in kept])
+                for c in kept:
+                    if c.did in taken:
+                        problems.add(f"duplicate candidate id {c.did!r} (another writer added it meanwhile)",
+                                     item=c.did)
+                if taken:
+                    rows = np.asarray([i for i, c in enumerate(kept) if c.did not in taken], np.int64)
+                    kept, kept_digests = [kept[i] for i in rows], [kept_digests[i] for i in rows]
+                    if not kept:
+                        return 0
+                    feats = feats[rows]
+            self._append(kept, feats, kept_digests, save=save, replace=replace, refresh=refresh, log=progress)
         return len(kept)
 
     def add_features(self, candidates: Sequence[Candidate], features: Features, digests=None, *,
@@ -911,7 +924,13 @@ class Index:
             state = self._state
             dropped = len(state.deleted)
             live = np.setdiff1d(np.arange(state.rows), state.deleted)
-            cands, feats, digests = self._rows_content(live)
+            cands = self.candidates_at(live)
+            newest = {c.did: i for i, c in enumerate(cands)}  # an id live twice (an older unimir's race) keeps one
+            if len(newest) < len(cands):
+                keep = np.fromiter(sorted(newest.values()), np.int64, len(newest))
+                dropped += len(cands) - len(keep)
+                live, cands = live[keep], [cands[i] for i in keep]
+            feats, digests = self._stored_rows(live), self.digests_at(live)
             codes = None if self._generative is None else np.asarray(self._generative.codes)[live]
             for seg in state.segments:
                 self.vectors.drop_segment(seg.name)
