@@ -217,3 +217,9 @@ def test_read_pool_positions_of_an_image_folder_skip_images_outside_the_root(tmp
     pool = read_pool(tmp_path / "pics", problems=problems)
     assert [c.did for c in pool.candidates] == ["a.png", "c.png"] and len(problems) == 1
     assert (list(pool.positions.rows), pool.positions.total) == ([0, 2], 3)
+
+
+def test_the_mbeir_root_is_found_from_a_path_typed_inside_cand_pool(corpus, monkeypatch):
+    monkeypatch.chdir(corpus["pool"].parent)
+    cands, root = load_pool(corpus["pool"].name)
+    assert root == corpus["root"].resolve() and (root / cands[0].img_path).is_file()

@@ -58,18 +58,19 @@ def test_delete_update_and_compact(copy, tiny_encoder):
         hits = copy.search("a red circle", modality="text", k=k).hits
         assert target not in [h.did for h in hits] and len(hits) == min(k, 17)
     reloaded = Index.load(copy.path, encoder=tiny_encoder)
-    assert len(reloaded) == 35 and target not in reloaded.row_of and reloaded.manifest.deleted == 0 or True
+    assert len(reloaded) == 35 and target not in reloaded.row_of and reloaded.manifest.deleted == 1
     assert reloaded.manifest.num_items == 35 and reloaded.manifest.modality_counts["text"] == 17
     # update = delete + add in one commit
     assert reloaded.add([Candidate("10:0", Modality.TEXT, "completely new words")], replace=True) == 1
     assert reloaded.get("10:0").txt == "Completely new words." and len(reloaded) == 35
+    assert reloaded.manifest.deleted == 2  # the update's old row is a tombstone too
     rows_before = reloaded.num_rows
     expected = [(h.did, round(h.score, 4)) for h in reloaded.search("a blue square", k=10).hits]
     assert reloaded.compact() == 2
     assert reloaded.num_rows == 35 < rows_before and len(reloaded.manifest.segments) == 1
     assert [(h.did, round(h.score, 4)) for h in reloaded.search("a blue square", k=10).hits] == expected
     again = Index.load(copy.path, encoder=tiny_encoder)
-    assert len(again) == 35 and not again.manifest.files.get("tombstones")
+    assert len(again) == 35 and not again.manifest.files.get("tombstones") and again.manifest.deleted == 0
     listed = {s.name for s in again.manifest.segments}
     assert {p.name for p in copy.path.iterdir() if p.name.startswith("seg-")} == listed  # old segments removed
 

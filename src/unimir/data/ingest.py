@@ -60,8 +60,10 @@ def read_pool(source: "str | os.PathLike", root: "str | os.PathLike | None" = No
         raise NotFoundError(f"no such file or folder: {source}")
     else:
         default_root = source.parent
-        if "cand_pool" in source.parts:  # M-BEIR layout: paths are relative to the folder holding cand_pool/
-            default_root = Path(*source.parts[:source.parts.index("cand_pool")]) or Path(".")
+        whole = source.absolute()  # "p.jsonl" typed inside cand_pool/ is as much M-BEIR layout as the full path
+        if "cand_pool" in whole.parent.parts:  # M-BEIR layout: paths are relative to the folder holding cand_pool/
+            parts = whole.parent.parts
+            default_root = Path(*parts[:len(parts) - 1 - parts[::-1].index("cand_pool")])
         root_path = Path(root or default_root).resolve()
         suffix = source.suffix.lower()
         if suffix == ".jsonl" and _looks_like_mbeir(source):

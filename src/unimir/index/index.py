@@ -393,7 +393,8 @@ class Index:
             listed = m.listed_files()
             m.checksums = {k: v for k, v in m.checksums.items() if k.split("/", 1)[0] in listed
                            and k.split("/", 1)[0] not in written} | checksums(path, written)
-            m.num_items = m.num_rows - (len(deleted) if deleted is not None else len(self._state.deleted))
+            m.deleted = len(deleted) if deleted is not None else len(self._state.deleted)
+            m.num_items = m.num_rows - m.deleted
             m.modality_counts = self._counts_after(fresh, deleted)
             commit_manifest(path, m, current)
             self.path = path
