@@ -113,6 +113,23 @@ def test_cache_makes_reencoding_free(tmp_path, tiny_encoder, monkeypatch):
     np.testing.assert_array_equal(first.fused(), second.fused())
 
 
+def test_an_unusable_cache_warns_once_and_encoding_goes_on(tmp_path, tiny_encoder):
+    from unimir.errors import UnimirWarning
+
+    items = [Item("a green triangle", None, "x"), Item("a blue square", None, "y")]
+    want, _ = tiny_encoder.encode(items)
+    damaged = tmp_path / "damaged.sqlite"
+    damaged.write_bytes(b"this is not a database" * 100)
+    (tmp_path / "file").write_text("a file where the cache folder should be")
+    for path in (damaged, tmp_path / "file" / "emb.sqlite"):
+        with pytest.warns(UnimirWarning, match="encoding goes on without it") as seen:
+            cache = EmbeddingCache(path)
+            feats, ok = tiny_encoder.encode(items, cache=cache)
+            cache.close()
+        assert ok.all() and len(seen) == 1
+        np.testing.assert_allclose(feats.fused(), want.fused(), atol=1e-6)
+
+
 def test_hf_clip_loads_from_a_local_directory(tiny_clip_dir, tiny_encoder):
     assert tiny_encoder.spec == f"hf:{tiny_clip_dir}" and tiny_encoder.dim == 16
     feats, ok = tiny_encoder.encode([Item("a red circle", draw("red", "circle"), "q")], role="query")

@@ -480,3 +480,30 @@ def test_check_reports_an_id_live_twice_and_compact_keeps_the_newest(copy, tiny_
     assert len(problems) == 1 and "id '10:3' is live in rows 3 and 36" in problems[0]
     assert copy.compact() == 1
     assert copy.get("10:3").txt == "a second copy" and len(copy) == 36 and check_index(copy.path)[0] == []
+
+
+def test_a_full_disk_leaves_the_index_unchanged_and_says_so_in_one_line(copy, tiny_encoder, monkeypatch, capsys,
+                                                                        tmp_path):
+    import errno
+
+    from unimir.cli import main
+    from unimir.index.dense import FaissStore
+
+    def full(self, name, folder):
+        (folder / "dense-0.faiss").write_bytes(b"x" * 1000)  # what got written before the disk filled up
+        raise RuntimeError("Error in faiss::write_index: write error (No space left on device)")
+
+    before = _files(copy.path)
+    monkeypatch.setattr(FaissStore, "write_segment", full)
+    with pytest.raises(OSError) as err:
+        copy.add([Candidate("new:1", Modality.TEXT, "a small orange star")])
+    assert err.value.errno == errno.ENOSPC and "the index is unchanged" in str(err.value)
+    assert _files(copy.path) == before and not list(copy.path.glob(".seg-*"))  # its own temporary folder removed
+    assert len(Index.load(copy.path, encoder=tiny_encoder)) == 36 and "new:1" not in copy.row_of
+    (tmp_path / "more.txt").write_text("a small orange star\n")
+    monkeypatch.setenv("UNIMIR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr("unimir.index.index.Index.load", lambda *a, **k: copy)
+    assert main(["--quiet", "add", str(copy.path), str(tmp_path / "more.txt")]) == 2
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert err_lines[-1].startswith("error: ") and "no space left on device" in err_lines[-1]
+    assert _files(copy.path) == before

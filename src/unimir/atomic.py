@@ -12,6 +12,7 @@ generator checkpoints, the server's uploads) can use it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -62,6 +63,14 @@ def atomic_path(path: "str | os.PathLike") -> Iterator[Path]:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or quota) ran out: OSError carries errno; SQLite and FAISS only a message."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(exc)
+    return "disk is full" in text or "No space left on device" in text or "Disk quota exceeded" in text
 
 
 def write_bytes(path: "str | os.PathLike", data: bytes) -> None:

@@ -335,6 +335,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # SQLite and FAISS report a full disk without errno: one line, not a traceback
+        from .atomic import disk_full
+
+        if not disk_full(exc):
+            raise
+        print(f"error: no space left on device ({type(exc).__name__}: {exc}); free some space and run the "
+              "command again", file=sys.stderr)
+        return 2
 
 
 def _one_line_warnings() -> None:

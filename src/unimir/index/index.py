@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import os
 import secrets
+import shutil
 import threading
 import time
 import warnings
@@ -363,9 +365,17 @@ class Index:
                 self._rebase(seg, name, first)
                 tmp = path / f".{name}.tmp"
                 tmp.mkdir()
-                seg.write(tmp)
-                self.vectors.write_segment(seg.name, tmp)
-                fsync_tree(tmp)
+                try:
+                    seg.write(tmp)
+                    self.vectors.write_segment(seg.name, tmp)
+                    fsync_tree(tmp)
+                except Exception as exc:
+                    shutil.rmtree(tmp, ignore_errors=True)  # our own half-written folder: give its space back
+                    if atomic.disk_full(exc):
+                        raise OSError(errno.ENOSPC, "no space left on device while writing a new segment; free "
+                                      "some space and run the command again (the index is unchanged)",
+                                      str(path)) from None
+                    raise
                 tmp.replace(path / name)
                 codes = f"{name}/{CODES_FILE}" if seg.codes is not None else None
                 m.segments.append(SegmentEntry(name, first, seg.rows, codes))
