@@ -615,3 +615,33 @@ def test_uploads_keep_their_format_and_a_damaged_one_is_the_servers_fault(fresh)
     stored[0].write_bytes(stored[0].read_bytes()[:40])  # damaged on the server after the upload
     assert "unreadable on the server" in _error(c.post("/search", json={"image_id": "up:JPEG"}), 404)
     assert "unreadable on the server" in _error(c.get("/items/up%3AJPEG/image?size=64"), 404)
+
+
+def test_items_added_from_another_folder_are_served_from_that_folder_only(tmp_path, encoder):
+    from unimir.data.ingest import load_pool
+    from unimir.data.records import Candidate, Modality
+
+    root, other, outside = tmp_path / "root", tmp_path / "other", tmp_path / "outside"
+    for folder in (root, other, outside):
+        folder.mkdir()
+    draw("red", "circle").save(root / "a.png")
+    draw("green", "square").save(other / "b.png")
+    draw("blue", "triangle").save(outside / "c.png")
+    (outside / "secret.png").write_bytes(_png("blue", "square") + SECRET.encode())
+    index = Index.build([Candidate("a", Modality.IMAGE, None, "a.png")], tmp_path / "idx", root=root,
+                        encoder=encoder)
+    (other / "pool.jsonl").write_text(json.dumps({"did": "b", "img_path": "b.png", "modality": "image"}) + "\n")
+    cands, other_root = load_pool(other / "pool.jsonl")
+    assert index.add(cands, root=other_root) == 1 and index.manifest.roots == [str(other.resolve())]
+    assert not index.manifest.outside_root
+    with TestClient(create_app(Index.load(tmp_path / "idx", encoder=encoder))) as c:
+        assert c.get("/items/b/image").content == (other / "b.png").read_bytes()
+    (other / "b.png").unlink()
+    (other / "b.png").symlink_to(outside / "secret.png")
+    with TestClient(create_app(Index.load(tmp_path / "idx", encoder=encoder))) as c:
+        assert "outside the index's data roots" in _error(c.get("/items/b/image"), 404)
+    # images let in from anywhere on purpose are served as recorded
+    index.add([Candidate("c", Modality.IMAGE, None, str(outside / "c.png"))], allow_outside_root=True)
+    assert Index.load(tmp_path / "idx", encoder=encoder).manifest.outside_root
+    with TestClient(create_app(Index.load(tmp_path / "idx", encoder=encoder))) as c:
+        assert c.get("/items/c/image").content == (outside / "c.png").read_bytes()

@@ -399,7 +399,7 @@ def cmd_add(args, progress: bool) -> int:
     index = Index.load(args.index_dir, device=args.device)
     candidates, root = load_pool(args.pool, args.root, problems, allow_outside_root=args.allow_outside_root)
     added = index.add(candidates, root=root, problems=problems, progress=progress, refresh=not args.no_refresh,
-                      replace=args.replace)
+                      replace=args.replace, allow_outside_root=args.allow_outside_root)
     print(f"added {added} items; the index now holds {len(index)}")
     _report(problems)
     return 0

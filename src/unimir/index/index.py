@@ -182,12 +182,14 @@ class Index:
             if not isinstance(enc, str) and enc.dim != feats.dim:
                 raise InvalidInputError(f"features are {feats.dim}-d but encoder {enc.spec!r} is {enc.dim}-d")
             idx = cls._new(enc, feats.dim, index, fusion_weights, root_path, device, keep_parts)
+            idx.manifest.outside_root = allow_outside_root
             idx.add_features(candidates, feats, out=Path(out) if out is not None else None,
                              rows=None if positions.skipped == 0 else np.frombuffer(positions.rows, np.int64))
             return idx
         enc = load_encoder(encoder, device=device) if isinstance(encoder, str) else encoder
         idx = cls._new(enc, enc.dim, index, fusion_weights, root_path, device, keep_parts)
-        idx.add(candidates, problems=problems, progress=progress, batch_size=batch_size, cache=cache, save=False)
+        idx.add(candidates, problems=problems, progress=progress, batch_size=batch_size, cache=cache, save=False,
+                allow_outside_root=allow_outside_root)
         if not len(idx):
             raise InvalidInputError("no item could be indexed" + (f": {len(problems)} skipped, the first: "
                                                                   f"{problems.items[0]}" if len(problems) else ""))
@@ -708,25 +710,32 @@ class Index:
 
     def served_image_path(self, cand: Candidate) -> Path:
         """:meth:`image_path`, refused (``NotFoundError``) when the file resolves outside the place its record
-        names: the data root for a relative path, the index's media folder for an upload. A symlink put there
-        after indexing cannot hand out other files; an absolute path is served only because it was indexed with
-        ``allow_outside_root``."""
+        names: the data root for a relative path, the index's media folder for an upload, and for an absolute
+        path (an add from another folder) one of the manifest's ``roots``, unless the index was given
+        ``allow_outside_root`` (the manifest's ``outside_root``). A symlink put there after indexing cannot hand
+        out other files."""
         path = self.image_path(cand)
         if cand.img_path.startswith(INDEX_MEDIA):
-            base = self.path / "media"
-        elif Path(cand.img_path).is_absolute() or self.root is None:
+            bases = [self.path / "media"]
+        elif not Path(cand.img_path).is_absolute():
+            if self.root is None:
+                raise NotFoundError(f"the image of item {cand.did!r} has no data root to be served from")
+            bases = [self.root]
+        elif self.manifest.outside_root:
             return path
-        else:
-            base = self.root
-        real, base = os.path.realpath(path), os.path.realpath(base)
-        if not real.startswith(base.rstrip(os.sep) + os.sep):
-            raise NotFoundError(f"the image of item {cand.did!r} now resolves outside {base}; it is not served")
+        else:  # recorded absolutely by an add from another folder: served from the roots adds recorded
+            bases = [b for b in [self.root, *map(Path, self.manifest.roots)] if b is not None]
+        real = os.path.realpath(path)
+        if not any(real.startswith(os.path.realpath(b).rstrip(os.sep) + os.sep) for b in bases):
+            raise NotFoundError(f"the image of item {cand.did!r} resolves outside the index's data roots; it is not "
+                                "served")
         return path
 
     # --- adding --------------------------------------------------------------------------------------------
     def add(self, candidates: Sequence[Candidate], *, root: "str | Path | None" = None,
             problems: Problems | None = None, progress: bool = False, batch_size: int | None = None,
-            cache: bool = True, save: bool = True, replace: bool = False, refresh: bool = True) -> int:
+            cache: bool = True, save: bool = True, replace: bool = False, refresh: bool = True,
+            allow_outside_root: bool = False) -> int:
         """Encode and append candidates as one new segment; returns how many were added.
 
         With a trained generator and ``refresh``, a short index-time fine-tune teaches it the new items' IDs
@@ -738,6 +747,10 @@ class Index:
         ``replace`` is true: then the old item is deleted in the same commit (an update). The new segment is
         committed when the index has a directory and ``save`` is true; if that fails, the directory keeps the
         previous version and the in-memory index is rolled back to it before the error is raised.
+
+        Images from another root are recorded by absolute path and that root joins the manifest's ``roots``, the
+        folders the server hands images out from; ``allow_outside_root`` says the caller let images from anywhere
+        in (the manifest's ``outside_root``).
         """
         problems = problems if problems is not None else Problems(strict=True)
         root_path = Path(root).resolve() if root else self.root
@@ -791,6 +804,10 @@ class Index:
                     if not kept:
                         return 0
                     feats = feats[rows]
+            if any(c.img_path and not c.img_path.startswith(INDEX_MEDIA) for c in kept):  # after catching up
+                if root_path is not None and root_path != self.root and str(root_path) not in self.manifest.roots:
+                    self.manifest.roots = [*self.manifest.roots, str(root_path)]
+                self.manifest.outside_root = self.manifest.outside_root or allow_outside_root
             self._append(kept, feats, kept_digests, save=save, replace=replace, refresh=refresh, log=progress)
         return len(kept)
 

@@ -68,6 +68,10 @@ class Manifest:
     num_items: int = 0
     modality_counts: dict[str, int] = field(default_factory=dict)
     root: str | None = None
+    #: further data roots: folders that later adds read items from (their images are recorded by absolute path)
+    roots: list[str] = field(default_factory=list)
+    #: some items were indexed with ``allow_outside_root``: absolute image paths are then served as recorded
+    outside_root: bool = False
     generation: int = 0
     segments: list[SegmentEntry] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)  # index-level files: dense template, tombstones, generative
@@ -175,12 +179,16 @@ def _manifest_problem(d: dict[str, Any]) -> str | None:
                 or "/" in s["name"] or not _is_int(s.get("first_row")) or not _is_int(s.get("rows")) \
                 or (s.get("codes") is not None and (not isinstance(s["codes"], str) or not _plain_name(s["codes"]))):
             return f"malformed segment entry {s!r}"[:200]
+    roots = d.get("roots", [])
+    if not isinstance(roots, list) or not all(isinstance(r, str) and r for r in roots):
+        return f"'roots' must be a list of folder paths, got {roots!r}"[:200]
     w = d.get("fusion_weights", [1.0, 1.0])
     if (not isinstance(w, list) or len(w) != 2
             or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in w)):
         return f"'fusion_weights' must be two numbers, got {w!r}"
     for key, kind in (("modality_counts", dict), ("checksums", dict), ("generative", (dict, type(None))),
-                      ("root", (str, type(None))), ("parts", bool), ("encoder_fingerprint", (str, type(None)))):
+                      ("root", (str, type(None))), ("parts", bool), ("encoder_fingerprint", (str, type(None))),
+                      ("outside_root", bool)):
         if key in d and not isinstance(d[key], kind):
             return f"{key!r} has the wrong type ({type(d[key]).__name__})"
     return None
