@@ -195,3 +195,26 @@ def test_a_new_encoder_family_is_one_registered_class(monkeypatch):
     assert ok.all() and feats.text.shape == (1, 5)
     with pytest.raises(InvalidInputError, match="'constant:<dim>'"):
         load_encoder("constant")  # the family needs its argument
+
+
+def test_a_huge_text_is_cut_before_tokenizing_and_counted_as_truncated(tiny_encoder, monkeypatch):
+    """A tokenizer reads a whole string before truncating: a 2 MB text must not reach it whole."""
+    from unimir.data.problems import Problems
+    from unimir.encoders.base import CHARS_PER_TOKEN
+
+    seen: list[int] = []
+    real = type(tiny_encoder).embed_texts
+
+    def spy(self, texts, role="candidate"):
+        seen.extend(len(t) for t in texts)
+        return real(self, texts, role)
+
+    monkeypatch.setattr(type(tiny_encoder), "embed_texts", spy)
+    huge = "a red circle " * 160_000
+    problems = Problems()
+    feats, ok = tiny_encoder.encode([Item(huge, None, "big"), Item("a red circle", None, "small")],
+                                    problems=problems)
+    assert ok.all() and max(seen) == tiny_encoder.max_text_tokens * CHARS_PER_TOKEN
+    assert "1 text(s) longer than" in problems.report()
+    alone, _ = tiny_encoder.encode([Item(huge[:tiny_encoder.max_text_tokens * CHARS_PER_TOKEN], None, "cut")])
+    np.testing.assert_allclose(feats.text[0], alone.text[0], atol=1e-6)

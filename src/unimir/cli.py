@@ -433,7 +433,9 @@ def cmd_search(args, progress: bool) -> int:
     if args.json:
         print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
         return 0
-    print(f"query: {result.query_text or '(image only)'}   [{result.mode}, {result.timings_ms['total']:.0f} ms]")
+    shown = result.query_text or "(image only)"
+    shown = shown if len(shown) <= 300 else f"{shown[:300]}... ({len(shown):,} characters)"  # --json has it whole
+    print(f"query: {shown}   [{result.mode}, {result.timings_ms['total']:.0f} ms]")
     print(format_hits(result.hits))
     return 0
 

@@ -81,6 +81,7 @@ class Features:
 
 
 FUSIONS = ("unit-sum", "raw-sum")
+CHARS_PER_TOKEN = 64  # texts are cut to this many characters per token an encoder reads, before tokenizing
 
 
 def fuse(features: Features, policy: str = "unit-sum", weights: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
@@ -188,9 +189,24 @@ class Encoder(ABC):
 
     def count_over_length(self, texts: Sequence[str]) -> int:
         """How many of ``texts`` the encoder truncates; 0 for encoders that do not know."""
+        return len(self._over_rows(texts))
+
+    def _over_rows(self, texts: Sequence[str]) -> list[int]:
         if self.tokenizer is None or self.max_length is None:
-            return 0
-        return count_tokens_over(self.tokenizer, texts, self.max_length)
+            return []
+        return tokens_over(self.tokenizer, texts, self.max_length)
+
+    def _bounded_texts(self, texts: list[str]) -> tuple[list[str], list[int]]:
+        """Texts cut to ``CHARS_PER_TOKEN`` characters per token the encoder reads, and the rows that were cut.
+        A tokenizer reads the whole string before it truncates, so a 30 MB line would cost gigabytes for the
+        256 tokens kept; no real text needs 64 characters for a token."""
+        if self.max_text_tokens is None:
+            return texts, []
+        bound = self.max_text_tokens * CHARS_PER_TOKEN
+        cut = [i for i, t in enumerate(texts) if len(t) > bound]
+        for i in cut:
+            texts[i] = texts[i][:bound]
+        return texts, cut
 
     def fuse(self, features: Features, weights: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
         """This encoder's score fusion of ``features``: float32 [n, d], unit rows."""
@@ -218,9 +234,9 @@ class Encoder(ABC):
                 problems.add("empty item: give a text, an image or both", item=it.name)
                 ok[i] = False
         if text_rows:
-            texts = [items[i].text for i in text_rows]
+            texts, cut = self._bounded_texts([items[i].text for i in text_rows])
             vecs = self._encode_texts(texts, role, batch_size, progress, cache)
-            over = self.count_over_length(texts)
+            over = len(set(cut) | set(self._over_rows(texts)))
             if over:
                 problems.notice("truncated", f"text(s) longer than the encoder's {self.max_text_tokens} tokens "
                                 "were truncated (only their beginning is searchable)", count=over)
@@ -316,12 +332,12 @@ class Encoder(ABC):
         return out, good
 
 
-def count_tokens_over(tokenizer, texts: Sequence[str], limit: int, batch: int = 1024) -> int:
-    """How many texts a Hugging Face tokenizer makes longer than ``limit`` tokens (special tokens included)."""
-    over = 0
+def tokens_over(tokenizer, texts: Sequence[str], limit: int, batch: int = 1024) -> list[int]:
+    """Which texts a Hugging Face tokenizer makes longer than ``limit`` tokens (special tokens included)."""
+    over: list[int] = []
     for start in range(0, len(texts), batch):
         ids = tokenizer(list(texts[start:start + batch]), truncation=False, verbose=False)["input_ids"]
-        over += sum(1 for row in ids if len(row) > limit)
+        over += [start + i for i, row in enumerate(ids) if len(row) > limit]
     return over
 
 
