@@ -53,6 +53,26 @@ def test_add_command(corpus, tiny_clip_dir, tmp_path):
     assert json.loads(unimir("info", out).stdout)["num_items"] == 37
 
 
+def test_skipped_items_are_all_in_the_skipped_file_and_outputs_never_overwrite_inputs(corpus, tiny_clip_dir,
+                                                                                       tmp_path):
+    texts = tmp_path / "more.jsonl"
+    rows = [{"id": f"t{i}", "text": "" if i % 2 else f"text {i}"} for i in range(30)]
+    rows.append({"did": "1:1", "modality": "image", "img_path": "a.png", "txt": None})  # M-BEIR, after texts
+    texts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "idx"
+    proc = unimir("index", texts, "--out", out, "--encoder", f"hf:{tiny_clip_dir}", "--skipped", tmp_path / "s.jsonl")
+    assert "16 item(s) skipped" in proc.stderr and f"... and 6 more (all in {tmp_path / 's.jsonl'})" in proc.stderr
+    skipped = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert len(skipped) == 16 and skipped[0] == {"path": str(texts), "line": 2, "item": "t1", "message": skipped[0][
+        "message"]} and "looks like an M-BEIR candidate" in skipped[-1]["message"]
+    for flag in ("--skipped", "--json"):
+        args = ("eval", out, "--queries", corpus["t2i"], flag, corpus["t2i"]) if flag == "--json" else \
+            ("add", out, texts, flag, texts)
+        proc = unimir(*args, check=False)
+        assert proc.returncode == 2 and "is one of this command's input files" in proc.stderr, proc.stderr
+    assert json.loads(corpus["t2i"].read_text().splitlines()[0])  # untouched
+
+
 def test_errors_are_one_line_without_traceback(tmp_path, cli_index, corpus):
     proc = unimir("search", tmp_path / "missing", "--text", "x", check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("error: index not found") and "Traceback" not in proc.stderr
@@ -178,3 +198,18 @@ def test_progress_lines_without_a_terminal(corpus, tmp_path):
     lines = proc.stderr.splitlines()
     assert any(line.startswith("encode texts: 18/18 items (100%)") and line.endswith("done") for line in lines), lines
     assert any(line.startswith("encode images: ") for line in lines) and "\r" not in proc.stderr
+
+
+def test_eval_notes_missing_positives_once_per_query_set(cli_index, corpus, tmp_path):
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_text("10:0 0 10:0 1 0\n10:0 0 99:1 1 0\n10:2 0 10:2 1 0\n")
+    proc = unimir("eval", cli_index, "--queries", corpus["t2i"], "--qrels", qrels, "--mode", "dense,dense")
+    assert "note: 1 relevant ids are not in this pool" in proc.stderr, proc.stderr
+
+
+def test_a_problem_without_a_file_has_no_leading_blank():
+    from unimir.data.problems import Problem
+
+    assert str(Problem(None, None, "x.png", "image file not found")) == "[x.png]: image file not found"
+    assert str(Problem("p.jsonl", 3, "1:2", "bad")) == "p.jsonl:3 [1:2]: bad"
+    assert str(Problem(None, None, None, "bad")) == "bad"

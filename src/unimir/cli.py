@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "'unimir train' then reads them instead of re-encoding the pool (needed with --features)")
     s.add_argument("--batch-size", type=_positive_int, default=None, help="items per encoder batch")
     s.add_argument("--strict", action="store_true", help="fail on the first bad item instead of skipping it")
+    s.add_argument("--skipped", type=_path, metavar="FILE",
+                   help="also write every skipped item or query to FILE (JSON lines: path, line, item, message)")
     s.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     s.add_argument("--allow-outside-root", action="store_true",
                    help="index images whose path leaves the data root (the server will serve them)")
@@ -157,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("pool", type=_path, help="same kinds of input as 'unimir index'")
     s.add_argument("--root", type=_path, help="data root that image paths are relative to (default: next to the pool)")
     s.add_argument("--strict", action="store_true", help="fail on the first bad item instead of skipping it")
+    s.add_argument("--skipped", type=_path, metavar="FILE",
+                   help="also write every skipped item or query to FILE (JSON lines: path, line, item, message)")
     s.add_argument("--allow-outside-root", action="store_true",
                    help="add images whose path leaves the data root (the server will serve them)")
     s.add_argument("--no-refresh", action="store_true", help="skip the short fine-tune that teaches a trained "
@@ -202,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop candidates identical to the query (its own image or text), as CIRR does")
     s.add_argument("--json", dest="json_out", type=_path, help="write results as JSON to this file")
     s.add_argument("--strict", action="store_true", help="fail on the first bad query instead of dropping it")
+    s.add_argument("--skipped", type=_path, metavar="FILE",
+                   help="also write every skipped item or query to FILE (JSON lines: path, line, item, message)")
     s.add_argument("--diagnose", action="store_true", help="for generative modes, also show where recall is lost "
                    "(positive's ID among the beams, shortlist sizes, quantizer's exact IDs)")
 
@@ -230,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "queries) here")
     s.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
     s.add_argument("--strict", action="store_true", help="fail on the first bad query instead of dropping it")
+    s.add_argument("--skipped", type=_path, metavar="FILE",
+                   help="also write every skipped item or query to FILE (JSON lines: path, line, item, message)")
     s.add_argument("--fixed-draws", action="store_true", help="train each query with the same instruction "
                    "paraphrase and positive every epoch (default: drawn anew per epoch)")
     # generalisation (docs/bench/generative-ablation.md)
@@ -320,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = not args.quiet  # a bar on a terminal, a plain line every 30 s otherwise (unimir.progress)
     _one_line_warnings()
     try:
+        _check_outputs(args)
         if getattr(args, "device", None):
             from .devices import resolve_device
 
@@ -343,6 +352,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no space left on device ({type(exc).__name__}: {exc}); free some space and run the "
               "command again", file=sys.stderr)
         return 2
+
+
+def _check_outputs(args) -> None:
+    """Output files can be written, and none of them is one of the command's inputs (which it would overwrite):
+    checked before any work, so a long job does not fail at its end."""
+    from .eval.evaluate import check_writable_file
+
+    inputs = []
+    for name in ("pool", "queries", "qrels", "features", "instructions"):
+        value = getattr(args, name, None)
+        inputs += value if isinstance(value, list) else [value] if value else []
+    taken = {Path(p).resolve() for p in inputs}
+    for flag, out in (("--json", getattr(args, "json_out", None)), ("--skipped", getattr(args, "skipped", None))):
+        if out:
+            check_writable_file(out, flag)
+            if Path(out).resolve() in taken:
+                raise InvalidInputError(f"{flag} {out} is one of this command's input files; give another name")
 
 
 def _one_line_warnings() -> None:
@@ -374,20 +400,29 @@ def cmd_index(args, progress: bool) -> int:
                             allow_outside_root=args.allow_outside_root, device=args.device, features=args.features,
                             keep_parts=args.keep_parts)
     except UnimirError:
-        _report(problems)  # what was skipped before the failure often explains it
+        _report(problems, args)  # what was skipped before the failure often explains it
         raise
     counts = ", ".join(f"{v} {k}" for k, v in index.manifest.modality_counts.items() if v)
     print(f"indexed {len(index)} items ({counts}) with encoder {index.manifest.encoder} "
           f"and index {index.manifest.index_spec} -> {index.path}")
-    _report(problems)
+    _report(problems, args)
     return 0
 
 
-def _report(problems) -> None:
-    """Skipped items and once-per-run notes, on stderr after the command's result."""
-    text = problems.report()
+def _report(problems, args=None) -> None:
+    """Skipped items and once-per-run notes, on stderr after the command's result; every skipped item to
+    ``--skipped FILE`` when given (stderr lists the first ten)."""
+    text = problems.report(full_list=getattr(args, "skipped", None))
     if text:
         print(text, file=sys.stderr)
+    _write_skipped(problems, args)
+
+
+def _write_skipped(problems, args) -> None:
+    if getattr(args, "skipped", None):
+        from .atomic import write_text
+
+        write_text(args.skipped, "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in problems.items))
 
 
 def cmd_add(args, progress: bool) -> int:
@@ -401,7 +436,7 @@ def cmd_add(args, progress: bool) -> int:
     added = index.add(candidates, root=root, problems=problems, progress=progress, refresh=not args.no_refresh,
                       replace=args.replace, allow_outside_root=args.allow_outside_root)
     print(f"added {added} items; the index now holds {len(index)}")
-    _report(problems)
+    _report(problems, args)
     return 0
 
 
@@ -451,12 +486,10 @@ def format_hits(hits) -> str:
 def cmd_eval(args, progress: bool) -> int:
     from .data.problems import Problems
     from .eval import evaluate, format_table, write_json
-    from .eval.evaluate import check_writable_dir, check_writable_file
+    from .eval.evaluate import check_writable_dir
     from .index import Index
 
-    if args.json_out:  # fail now, not after the evaluation
-        check_writable_file(args.json_out, "--json")
-    if args.runs:
+    if args.runs:  # fail now, not after the evaluation (--json: main's _check_outputs)
         check_writable_dir(args.runs, "--runs")
     problems = Problems(strict=args.strict)
     index = Index.load(args.index_dir, device=args.device)
@@ -466,7 +499,7 @@ def cmd_eval(args, progress: bool) -> int:
                             beams=args.beams, instructions=args.instructions, seed=args.seed, progress=progress,
                             runs_dir=args.runs, exclude_query=args.exclude_query, problems=problems,
                             modality_filter=not args.no_modality_filter, diagnose=args.diagnose)
-    _report(problems)
+    _report(problems, args)
     evaluated = sum(r.num_queries for r in results)
     dropped = sum(r.dropped_queries for r in results)
     if not evaluated:
@@ -481,7 +514,7 @@ def cmd_eval(args, progress: bool) -> int:
         from .eval.diagnose import format_diagnosis
 
         print("\nwhere generative recall is lost:\n" + format_diagnosis(diagnosed))
-    missing = sum(r.missing_positives for r in results)
+    missing = sum({(r.queries, r.task): r.missing_positives for r in results}.values())  # once per set, not mode
     if missing:
         print(f"note: {missing} relevant ids are not in this pool; they cap the achievable recall", file=sys.stderr)
     if args.json_out:
@@ -519,7 +552,7 @@ def _train(args, progress: bool) -> int:
                                instructions=args.instructions, seed=args.seed, redraw=not args.fixed_draws,
                                progress=progress, problems=problems,
                                work_dir=args.checkpoint_dir)  # the encoded queries are kept there for --resume
-        _report(problems)
+        _report(problems, args)
         print(f"{pairs.num_groups} training queries from {', '.join(Path(q).name for q in args.queries)}: "
               f"{len(pairs)} pairs of paraphrase and positive, one drawn per query and epoch")
     reported = len(problems)
@@ -536,7 +569,8 @@ def _train(args, progress: bool) -> int:
                                               pool_pairs=not args.no_pool_pairs, pool_shift=not args.no_pool_shift),
         progress=progress, checkpoint_dir=args.checkpoint_dir, resume=args.resume, log=not args.quiet)
     if len(problems) > reported:  # paraphrases first drawn (and encoded) in later epochs
-        _report(Problems(items=problems.items[reported:]))
+        print(Problems(items=problems.items[reported:]).report(), file=sys.stderr)
+        _write_skipped(problems, args)  # the whole list, the later ones included
     if report.collisions is not None:
         c = report.collisions
         print(f"semantic IDs: {c.n_distinct} distinct for {c.n_items} items (ratio {c.distinct_ratio:.3f}), "

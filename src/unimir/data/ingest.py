@@ -216,7 +216,10 @@ def _rows(path: Path, problems: Problems, positions: SourceRows, id_keys: tuple[
                 continue
             rid = str(obj[key])
         if not isinstance(text, str) or not text.strip():
-            problems.add("no text (expected a 'text' or 'caption' field that is not empty or only whitespace)",
-                         path=str(path), line=lineno, item=rid)
+            mixed = ("; it looks like an M-BEIR candidate (it has 'did'), but the file's first record made this a "
+                     "file of texts: put an M-BEIR record first, or keep the two kinds in separate files"
+                     if "did" in obj and suffix == ".jsonl" else "")
+            problems.add("no text (expected a 'text' or 'caption' field that is not empty or only whitespace)"
+                         + mixed, path=str(path), line=lineno, item=rid)
             continue
         yield position, rid, text.strip()

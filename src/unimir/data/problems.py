@@ -15,12 +15,12 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        where = self.path or ""
-        if self.line is not None:
-            where += f":{self.line}"
-        if self.item is not None:
-            where += f" [{self.item}]"
+        where = (self.path or "") + (f":{self.line}" if self.line is not None else "")
+        where = " ".join(x for x in (where, f"[{self.item}]" if self.item is not None else "") if x)
         return f"{where}: {self.message}" if where else self.message
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "line": self.line, "item": self.item, "message": self.message}
 
 
 @dataclass
@@ -49,9 +49,10 @@ class Problems:
     def notes(self) -> list[str]:
         return [f"note: {count} {message}" for count, message in self.notices.values()]
 
-    def report(self, limit: int = 10) -> str:
-        """Skipped items (if any) and notices, for stderr at the end of a command; '' when there is nothing."""
-        lines = [self.summary(limit)] if self.items else []
+    def report(self, limit: int = 10, full_list: str | None = None) -> str:
+        """Skipped items (if any) and notices, for stderr at the end of a command; '' when there is nothing.
+        ``full_list`` names the file that lists them all."""
+        lines = [self.summary(limit, full_list)] if self.items else []
         return "\n".join(lines + self.notes())
 
     def __len__(self) -> int:
@@ -60,8 +61,9 @@ class Problems:
     def __bool__(self) -> bool:  # a Problems sink is always truthy, even when empty
         return True
 
-    def summary(self, limit: int = 10) -> str:
+    def summary(self, limit: int = 10, full_list: str | None = None) -> str:
         lines = [f"{len(self.items)} item(s) skipped:"] + [f"  {p}" for p in self.items[:limit]]
         if len(self.items) > limit:
-            lines.append(f"  ... and {len(self.items) - limit} more")
+            lines.append(f"  ... and {len(self.items) - limit} more "
+                         + (f"(all in {full_list})" if full_list else "(--skipped FILE lists them all)"))
         return "\n".join(lines)
