@@ -223,3 +223,19 @@ def test_the_mbeir_root_is_found_from_a_path_typed_inside_cand_pool(corpus, monk
     monkeypatch.chdir(corpus["pool"].parent)
     cands, root = load_pool(corpus["pool"].name)
     assert root == corpus["root"].resolve() and (root / cands[0].img_path).is_file()
+
+
+def test_extra_cells_and_broken_links_are_reported_not_dropped_silently(tmp_path):
+    from conftest import draw
+
+    (tmp_path / "t.tsv").write_text("id\ttext\na\tfirst\nb\tsecond\twith a tab\nc\tthird\n")
+    problems = Problems()
+    cands, _ = load_pool(tmp_path / "t.tsv", problems=problems)
+    assert [c.did for c in cands] == ["a", "c"] and "3 cells for the header's 2 columns" in str(problems.items[0])
+    assert problems.items[0].line == 3
+    (tmp_path / "pics").mkdir()
+    draw("red", "circle").save(tmp_path / "pics" / "a.png")
+    (tmp_path / "pics" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    problems = Problems()
+    cands, _ = load_pool(tmp_path / "pics", problems=problems)
+    assert [c.did for c in cands] == ["a.png"] and "does not exist" in str(problems.items[0])

@@ -125,7 +125,11 @@ def _is_within(root: Path, img_path: str, real_dirs: dict[str, str]) -> bool:
 def _image_folder(folder: Path, problems: Problems, positions: SourceRows) -> list[Candidate]:
     captions = _captions(folder, problems)
     out = []
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    named = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    for p in named:
+        if p.is_symlink() and not p.exists():
+            problems.add("a symbolic link to a file that does not exist", path=str(p))
+    files = [p for p in named if p.is_file()]
     positions.total = len(files)
     for position, path in enumerate(files):
         rel = path.relative_to(folder).as_posix()
@@ -201,8 +205,15 @@ def _rows(path: Path, problems: Problems, positions: SourceRows, id_keys: tuple[
         if header is None:
             return
         names = [h.strip() for h in header[1]]
-        records = [(i, lineno, dict(zip(names, cells))) for i, (lineno, cells) in enumerate(rows)]
-        positions.total = len(records)
+        records = []
+        for i, (lineno, cells) in enumerate(rows):
+            positions.total += 1
+            if len(cells) > len(names):  # zip would drop the extra cells: a delimiter inside an unquoted text
+                problems.add(f"{len(cells)} cells for the header's {len(names)} columns; quote a text that holds "
+                             f"the delimiter ({'a tab' if suffix == '.tsv' else 'a comma'})", path=str(path),
+                             line=lineno)
+                continue
+            records.append((i, lineno, dict(zip(names, cells))))
     for position, lineno, obj in records:
         text = next((obj[k] for k in ("text", "caption", "txt") if isinstance(obj.get(k), str) and obj[k].strip()),
                     obj.get("text"))
