@@ -645,3 +645,12 @@ def test_items_added_from_another_folder_are_served_from_that_folder_only(tmp_pa
     assert Index.load(tmp_path / "idx", encoder=encoder).manifest.outside_root
     with TestClient(create_app(Index.load(tmp_path / "idx", encoder=encoder))) as c:
         assert c.get("/items/c/image").content == (outside / "c.png").read_bytes()
+
+
+def test_duplicate_json_keys_and_huge_numbers_get_short_400s(client):
+    js = {"content-type": "application/json"}
+    assert "field 'k' given twice" in _error(client.post("/search", content=b'{"text": "x", "k": 5, "k": 500}',
+                                                         headers=js), 400)
+    for k in ("1e308", '"' + "9" * 5000 + '"'):
+        message = _error(client.post("/search", content=f'{{"text": "x", "k": {k}}}'.encode(), headers=js), 400)
+        assert message.startswith("k must be an integer") and len(message) < 150, message

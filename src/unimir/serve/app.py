@@ -257,7 +257,7 @@ async def _fields(request: Request, max_upload_bytes: int) -> dict[str, Any]:
         if not raw.strip():
             raise InvalidInputError("empty request body: send a JSON object")
         try:
-            data = json.loads(raw)
+            data = json.loads(raw, object_pairs_hook=_unique_keys)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InvalidInputError(f"the body is not valid JSON ({exc})") from None
         except RecursionError:
@@ -293,6 +293,16 @@ async def _fields(request: Request, max_upload_bytes: int) -> dict[str, Any]:
             await form.close()
         return fields
     raise InvalidInputError("send the request as JSON (application/json) or as a form (multipart/form-data)")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique: ``{"k": 5, "k": 500}`` is refused, as a form field sent twice is."""
+    out = dict(pairs)
+    if len(out) < len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise InvalidInputError(f"field {twice!r} given twice")
+    return out
 
 
 def _urlencoded_fields(body: bytes, max_fields: int = 32) -> dict[str, str]:

@@ -431,20 +431,28 @@ def _int(value: Any, name: str, default: int | None) -> int | None:
     if value is None or value == "":
         return default
     if isinstance(value, bool):
-        raise InvalidInputError(f"{name} must be an integer, got {value!r}")
+        raise InvalidInputError(f"{name} must be an integer, got {_shown(value)}")
     if isinstance(value, int):
         n = value
     elif isinstance(value, float) and value.is_integer():
         n = int(value)
-    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit() and len(value.strip()) <= 18:
         n = int(value.strip())
+    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        n = MAX_K + MAX_BEAMS + 1  # far out of range (and too long for int() to parse at all past 4,300 digits)
     else:
-        raise InvalidInputError(f"{name} must be an integer, got {value!r}")
+        raise InvalidInputError(f"{name} must be an integer, got {_shown(value)}")
     if name == "k" and not 1 <= n <= MAX_K:
-        raise InvalidInputError(f"k must be an integer from 1 to {MAX_K}, got {n}")
+        raise InvalidInputError(f"k must be an integer from 1 to {MAX_K}, got {_shown(value)}")
     if name == "beams" and not 1 <= n <= MAX_BEAMS:
-        raise InvalidInputError(f"beams must be from 1 to {MAX_BEAMS}, got {n}")
+        raise InvalidInputError(f"beams must be from 1 to {MAX_BEAMS}, got {_shown(value)}")
     return n
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """A client's value quoted in an error message, cut short (a 1e308 or a 5,000-digit string stays readable)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def _bool(value: Any, name: str) -> bool:
@@ -454,7 +462,7 @@ def _bool(value: Any, name: str) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
         return value.strip().lower() in ("1", "true", "yes", "on")
-    raise InvalidInputError(f"{name} must be true or false, got {value!r}")
+    raise InvalidInputError(f"{name} must be true or false, got {_shown(value)}")
 
 
 def _modality(value: Any):
