@@ -113,6 +113,8 @@ def test_bad_items_are_skipped_unless_strict(tmp_path, tiny_encoder, corpus):
     index = Index.build(pool, tmp_path / "idx", root=corpus["root"], encoder=tiny_encoder, problems=problems)
     assert len(index) == 4 and len(problems) == 2
     assert any("bad:1" in str(p) and "not found" in str(p) for p in problems.items)
+    missing = next(p for p in problems.items if p.item == "bad:1")  # found by the encoder, located in the pool
+    assert (missing.path, missing.line) == (str(pool), 5) and str(missing).startswith(f"{pool}:5 [bad:1]: ")
     with pytest.raises(DataError):
         Index.build(pool, tmp_path / "strict", root=corpus["root"], encoder=tiny_encoder,
                     problems=Problems(strict=True))

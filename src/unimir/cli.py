@@ -426,15 +426,19 @@ def _write_skipped(problems, args) -> None:
 
 
 def cmd_add(args, progress: bool) -> int:
-    from .data.ingest import load_pool
+    from .data.ingest import read_pool
     from .data.problems import Problems
     from .index import Index
 
     problems = Problems(strict=args.strict)
     index = Index.load(args.index_dir, device=args.device)
-    candidates, root = load_pool(args.pool, args.root, problems, allow_outside_root=args.allow_outside_root)
-    added = index.add(candidates, root=root, problems=problems, progress=progress, refresh=not args.no_refresh,
-                      replace=args.replace, allow_outside_root=args.allow_outside_root)
+    pool = read_pool(args.pool, args.root, problems, allow_outside_root=args.allow_outside_root)
+    try:
+        added = index.add(pool.candidates, root=pool.root, problems=problems, progress=progress,
+                          refresh=not args.no_refresh, replace=args.replace,
+                          allow_outside_root=args.allow_outside_root)
+    finally:
+        pool.locate(problems)
     print(f"added {added} items; the index now holds {len(index)}")
     _report(problems, args)
     return 0

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import DataError, NotFoundError
 from .images import IMAGE_SUFFIXES
 from .mbeir import read_candidates
-from .problems import Problems
+from .problems import Problem, Problems
 from .records import INDEX_MEDIA, Candidate, Modality, SourceRows
 from .textio import csv_rows, id_problem, invalid_unicode_field, iter_lines
 
@@ -26,6 +26,16 @@ class Pool:
     candidates: list[Candidate]
     root: Path
     positions: SourceRows
+
+    def locate(self, problems: Problems) -> None:
+        """Give the problems found after reading (an image that cannot be encoded, an id the index holds: they
+        name only the item) the pool file and line of their record."""
+        wanted = {p.item for p in problems.items if p.path is None and p.item is not None}
+        if not wanted or not len(self.positions.lines):
+            return
+        where = {c.did: line for c, line in zip(self.candidates, self.positions.lines) if c.did in wanted}
+        problems.items = [Problem(self.positions.path, where[p.item], p.item, p.message)
+                          if p.path is None and p.item in where else p for p in problems.items]
 
 
 def load_pool(source: "str | os.PathLike", root: "str | os.PathLike | None" = None,
@@ -92,8 +102,9 @@ def _inside_root(candidates: list[Candidate], root: Path, source: Path, problems
                  positions: SourceRows) -> list[Candidate]:
     """Candidates whose image lies under ``root`` (symlinks resolved); the others are reported and left out
     (and from ``positions``)."""
-    kept, rows, real_dirs = [], array("q"), {}
-    for c, row in zip(candidates, positions.rows):
+    kept, rows, lines, real_dirs = [], array("q"), array("q"), {}
+    has_lines = len(positions.lines) == len(positions.rows)
+    for i, (c, row) in enumerate(zip(candidates, positions.rows)):
         if c.img_path and not _is_within(root, c.img_path, real_dirs):
             problems.add(f"image path {c.img_path!r} leaves the data root {root}; move the file under the root, "
                          "or pass --allow-outside-root to index it anyway", path=str(source), item=c.did,
@@ -101,7 +112,9 @@ def _inside_root(candidates: list[Candidate], root: Path, source: Path, problems
             continue
         kept.append(c)
         rows.append(row)
-    positions.rows = rows
+        if has_lines:
+            lines.append(positions.lines[i])
+    positions.rows, positions.lines = rows, lines
     return kept
 
 
@@ -151,31 +164,33 @@ def _captions(folder: Path, problems: Problems) -> dict[str, str]:
         path = folder / name
         if path.is_file():
             rows = _rows(path, problems, SourceRows(), id_keys=("file", "image", "filename", "id"))
-            return {rid: text for _, rid, text in rows}
+            return {rid: text for _, _, rid, text in rows}
     return {}
 
 
 def _text_file(path: Path, problems: Problems, positions: SourceRows) -> list[Candidate]:
     out, seen = [], set()
-    for position, rid, text in _rows(path, problems, positions, id_keys=("id", "did")):
+    positions.path = str(path)
+    for position, lineno, rid, text in _rows(path, problems, positions, id_keys=("id", "did")):
         if rid in seen:
-            problems.add(f"duplicate id {rid!r}", path=str(path), item=rid)
+            problems.add(f"duplicate id {rid!r}", path=str(path), line=lineno, item=rid)
             continue
         seen.add(rid)
         out.append(Candidate(rid, Modality.TEXT, text))
         positions.rows.append(position)
+        positions.lines.append(lineno)
     return out
 
 
 def _rows(path: Path, problems: Problems, positions: SourceRows, id_keys: tuple[str, ...]):
-    """Yield (position, id, text) from a .jsonl, .csv/.tsv or .txt file, where position is the record's place
-    among the file's records (``positions.total`` counts them); rows without text are reported and skipped."""
+    """Yield (position, line, id, text) from a .jsonl, .csv/.tsv or .txt file, where position is the record's
+    place among the file's records (``positions.total`` counts them); rows without text are reported and skipped."""
     suffix = path.suffix.lower()
     if suffix == ".txt":
         for lineno, line in iter_lines(path, problems):
             if line.strip():
                 positions.total += 1
-                yield positions.total - 1, f"{path.stem}:{lineno}", line.strip()
+                yield positions.total - 1, lineno, f"{path.stem}:{lineno}", line.strip()
         return
     records: list[tuple[int, int, dict]] = []
     if suffix == ".jsonl":
@@ -233,4 +248,4 @@ def _rows(path: Path, problems: Problems, positions: SourceRows, id_keys: tuple[
             problems.add("no text (expected a 'text' or 'caption' field that is not empty or only whitespace)"
                          + mixed, path=str(path), line=lineno, item=rid)
             continue
-        yield position, rid, text.strip()
+        yield position, lineno, rid, text.strip()

@@ -90,6 +90,7 @@ def _read_records(path: Path, problems: Problems | None, id_field: str, kind: st
     """The shared loop: one record per line, ids present and unique, every failure located by file and line."""
     problems = problems if problems is not None else Problems(strict=True)
     positions = positions if positions is not None else SourceRows()
+    positions.path = str(path)
     out, seen = [], {}
     for lineno, obj in _iter_json_lines(path, problems, positions):
         try:
@@ -103,6 +104,7 @@ def _read_records(path: Path, problems: Problems | None, id_field: str, kind: st
                                 path=str(path), line=lineno, field=id_field)
             out.append(parse(obj, rid, path, lineno))
             positions.rows.append(positions.total - 1)
+            positions.lines.append(lineno)
             seen[rid] = lineno
         except DataError as exc:
             problems.add(exc.reason, path=str(path), line=lineno, item=_shown_id(obj), field_name=exc.field)

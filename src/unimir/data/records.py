@@ -104,6 +104,10 @@ class SourceRows:
 
     rows: "array[int]" = field(default_factory=lambda: array("q"))  # 8 B a record, not a Python int each
     total: int = 0
+    #: the source file and, parallel to ``rows``, each kept record's line in it (empty for an image folder,
+    #: whose ids are file paths already): what locates a problem found after reading, such as a missing image
+    path: str | None = None
+    lines: "array[int]" = field(default_factory=lambda: array("q"))
 
     @property
     def skipped(self) -> int:

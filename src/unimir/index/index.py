@@ -30,7 +30,7 @@ import numpy as np
 
 from .. import atomic
 from ..data.images import bytes_digest, file_digest, image_suffix, open_image
-from ..data.ingest import read_pool
+from ..data.ingest import Pool, read_pool
 from ..data.mbeir import format_text, query_text
 from ..data.problems import Problems
 from ..data.records import INDEX_MEDIA, Candidate, Modality, SourceRows, parse_modalities
@@ -164,11 +164,10 @@ class Index:
             previous_manifest(Path(out))  # refuse a folder that is not an index before any encoding work
         if isinstance(source, (str, Path)):
             pool = read_pool(source, root, problems, allow_outside_root=allow_outside_root)
-            candidates, root_path, positions = pool.candidates, pool.root, pool.positions
         else:
-            candidates, root_path = list(source), Path(root or ".").resolve()
-            positions = SourceRows(total=len(candidates))
-            positions.rows.extend(range(len(candidates)))
+            pool = Pool(list(source), Path(root or ".").resolve(), SourceRows(total=len(source)))
+            pool.positions.rows.extend(range(len(source)))
+        candidates, root_path, positions = pool.candidates, pool.root, pool.positions
         if features is not None:
             from .features import read_features
 
@@ -188,8 +187,11 @@ class Index:
             return idx
         enc = load_encoder(encoder, device=device) if isinstance(encoder, str) else encoder
         idx = cls._new(enc, enc.dim, index, fusion_weights, root_path, device, keep_parts)
-        idx.add(candidates, problems=problems, progress=progress, batch_size=batch_size, cache=cache, save=False,
-                allow_outside_root=allow_outside_root)
+        try:
+            idx.add(candidates, problems=problems, progress=progress, batch_size=batch_size, cache=cache,
+                    save=False, allow_outside_root=allow_outside_root)
+        finally:
+            pool.locate(problems)
         if not len(idx):
             raise InvalidInputError("no item could be indexed" + (f": {len(problems)} skipped, the first: "
                                                                   f"{problems.items[0]}" if len(problems) else ""))
