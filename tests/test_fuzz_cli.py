@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -273,6 +274,7 @@ def _check_dropped_json(tmp: Path, stdout: str) -> None:
     body = json.loads((tmp / "r.json").read_text())
     assert body["dropped_queries"] == 9 and sum(r["dropped_queries"] for r in body["results"]) == 9
     assert len(body["problems"]) == 9
+    assert all(re.match(r".+\.jsonl:\d+( \[|: )", p) for p in body["problems"]), body["problems"]  # file and line
     assert "dropped" in stdout.splitlines()[0]  # the table's column
 
 

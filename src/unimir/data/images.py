@@ -29,6 +29,8 @@ def open_image(source: "str | os.PathLike | bytes | Image.Image", name: str | No
         if not source:
             raise InvalidInputError(f"{label}: the image is empty (0 bytes)")
     elif not Path(source).is_file():
+        if Path(source).is_dir():
+            raise NotFoundError(f"{source} is a folder, not an image file (check the path or --root)")
         raise NotFoundError(f"image file not found: {source} (check the path or --root)")
     try:
         with warnings.catch_warnings():  # the module-level filter may have been reset (pytest does per test)

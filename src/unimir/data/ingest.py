@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import DataError, NotFoundError
 from .images import IMAGE_SUFFIXES
 from .mbeir import read_candidates
-from .problems import Problem, Problems
+from .problems import Problems
 from .records import INDEX_MEDIA, Candidate, Modality, SourceRows
 from .textio import csv_rows, id_problem, invalid_unicode_field, iter_lines
 
@@ -30,12 +30,7 @@ class Pool:
     def locate(self, problems: Problems) -> None:
         """Give the problems found after reading (an image that cannot be encoded, an id the index holds: they
         name only the item) the pool file and line of their record."""
-        wanted = {p.item for p in problems.items if p.path is None and p.item is not None}
-        if not wanted or not len(self.positions.lines):
-            return
-        where = {c.did: line for c, line in zip(self.candidates, self.positions.lines) if c.did in wanted}
-        problems.items = [Problem(self.positions.path, where[p.item], p.item, p.message)
-                          if p.path is None and p.item in where else p for p in problems.items]
+        problems.locate(self.positions.path, (c.did for c in self.candidates), self.positions.lines)
 
 
 def load_pool(source: "str | os.PathLike", root: "str | os.PathLike | None" = None,

@@ -80,9 +80,11 @@ def read_candidates(path: "str | os.PathLike", problems: Problems | None = None,
     return _read_records(Path(path), problems, "did", "candidate", _parse_candidate, positions)
 
 
-def read_queries(path: "str | os.PathLike", problems: Problems | None = None) -> list[Query]:
-    """Read an M-BEIR query file (``query/**.jsonl``). Bad lines go to ``problems`` (raise when strict)."""
-    return _read_records(Path(path), problems, "qid", "query", _parse_query)
+def read_queries(path: "str | os.PathLike", problems: Problems | None = None, *,
+                 positions: SourceRows | None = None) -> list[Query]:
+    """Read an M-BEIR query file (``query/**.jsonl``). Bad lines go to ``problems`` (raise when strict);
+    ``positions`` receives where each kept query lies in the file (its line: ``positions.lines``)."""
+    return _read_records(Path(path), problems, "qid", "query", _parse_query, positions)
 
 
 def _read_records(path: Path, problems: Problems | None, id_field: str, kind: str, parse,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable, Sequence
 
 from ..errors import DataError
 
@@ -40,6 +41,16 @@ class Problems:
         if field_name is not None:
             message = f"field {field_name!r}: {message}"
         self.items.append(Problem(path, line, item, message))
+
+    def locate(self, path: str | None, ids: Iterable[str], lines: Sequence[int]) -> None:
+        """Name ``path`` and the line of each problem about one of its records (``ids[i]`` on line ``lines[i]``)
+        that was reported without a line: an image that cannot be encoded, a query without positives."""
+        wanted = {p.item for p in self.items if p.line is None and p.item is not None and p.path in (None, path)}
+        if not wanted or path is None or not len(lines):
+            return
+        line_of = {i: line for i, line in zip(ids, lines) if i in wanted}
+        self.items = [Problem(path, line_of[p.item], p.item, p.message)
+                      if p.line is None and p.item in line_of and p.path in (None, path) else p for p in self.items]
 
     def notice(self, kind: str, message: str, count: int = 1) -> None:
         """Count a non-fatal event; :meth:`report` states each kind once, with its total count."""

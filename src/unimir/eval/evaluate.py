@@ -12,7 +12,7 @@ import numpy as np
 
 from ..data.mbeir import InstructionTable, QrelsTable, read_qrels, read_queries
 from ..data.problems import Problems
-from ..data.records import Query
+from ..data.records import Query, SourceRows
 from ..data.tasks import eval_set, task_name
 from ..errors import InvalidInputError
 from ..index import Index
@@ -79,7 +79,8 @@ def evaluate(index: Index, query_files: Sequence["str | Path"], *, qrels: Sequen
         data_root = Path(root) if root else mbeir_root(qfile) or index.root or qfile.parent
         table = load_instructions(instructions, data_root, seed)
         before = len(problems)
-        queries = read_queries(qfile, problems)
+        positions = SourceRows()
+        queries = read_queries(qfile, problems, positions=positions)
         unreadable = len(problems) - before
         by_task: dict[int | None, list[Query]] = {}
         for q in queries:
@@ -92,6 +93,7 @@ def evaluate(index: Index, query_files: Sequence["str | Path"], *, qrels: Sequen
             rows = [EvalResult(queries=qfile.name, task_id=None, mode=mode, num_queries=0, recall={}, random={},
                                pool=index.path.name if index.path else "pool", pool_size=len(index))]
         rows[0].unreadable_lines = unreadable
+        problems.locate(str(qfile), (q.qid for q in queries), positions.lines)
         results += rows
     return results
 
