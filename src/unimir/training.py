@@ -32,6 +32,7 @@ from . import health
 from .atomic import TEMP_SUFFIX, fsync_dir, write_npy
 from .data.mbeir import InstructionTable, QrelsTable, read_qrels, read_queries
 from .data.problems import Problems
+from .data.records import SourceRows
 from .dirlock import LockTimeoutError, locked
 from .encoders import EmbeddingCache, Features
 from .errors import InvalidInputError
@@ -85,10 +86,11 @@ def training_pairs(index: Index, query_files: Sequence["str | Path"], *, qrels: 
     for qfile in map(Path, query_files):
         data_root = Path(root) if root else mbeir_root(qfile) or index.root or qfile.parent
         table = load_instructions(instructions, data_root, seed)
-        sources.append((qfile, read_queries(qfile, problems), data_root, table))
+        positions = SourceRows()
+        sources.append((qfile, read_queries(qfile, problems, positions=positions), data_root, table, positions))
 
     def prepared_chunks(sink: Problems):
-        for qfile, queries, data_root, table in sources:
+        for qfile, queries, data_root, table, _ in sources:
             for start in range(0, len(queries), QUERY_CHUNK):
                 yield prepare_queries(queries[start:start + QUERY_CHUNK], index, data_root=data_root,
                                       instructions=table, relevant=relevant, all_instructions=True, problems=sink,
@@ -155,6 +157,8 @@ def training_pairs(index: Index, query_files: Sequence["str | Path"], *, qrels: 
         if not encoded.any():
             raise InvalidInputError("no training pair: none of the training queries could be encoded")
         pairs = pairs.subset(~np.isin(groups, groups[first[~encoded]]))
+    for qfile, queries, _, _, positions in sources:  # what was dropped so far, by file and line
+        problems.locate(str(qfile), (q.qid for q in queries), positions.lines)
     return pairs
 
 
