@@ -507,3 +507,62 @@ def test_a_full_disk_leaves_the_index_unchanged_and_says_so_in_one_line(copy, ti
     err_lines = capsys.readouterr().err.strip().splitlines()
     assert err_lines[-1].startswith("error: ") and "no space left on device" in err_lines[-1]
     assert _files(copy.path) == before
+
+
+def test_a_handle_opened_before_other_writers_deletes_and_compacts_only_what_it_names(copy, tiny_encoder):
+    """Deletes resolve ids and compaction runs against the directory's latest version, under its lock."""
+    ids = [c.did for c in copy.candidates]
+    stale = Index.load(copy.path, encoder=tiny_encoder)
+    copy.delete([ids[0]])
+    copy.compact()  # rows move up by one
+    assert stale.delete([ids[2]]) == 1
+    on_disk = [c.did for c in Index.load(copy.path, encoder=tiny_encoder).candidates]
+    assert on_disk == [d for d in ids if d not in (ids[0], ids[2])]
+    stale2 = Index.load(copy.path, encoder=tiny_encoder)
+    copy.add([Candidate("late:1", Modality.TEXT, "added by another writer")])
+    copy.delete([ids[5]])
+    assert stale2.delete(["late:1"]) == 1  # known only after catching up
+    stale2.compact()
+    on_disk = [c.did for c in Index.load(copy.path, encoder=tiny_encoder).candidates]
+    assert on_disk == [d for d in ids if d not in (ids[0], ids[2], ids[5])]
+
+
+def test_deletes_kept_in_memory_are_written_by_the_next_commit(copy, tiny_encoder):
+    ids = [c.did for c in copy.candidates]
+    assert copy.delete(ids[1], save=False) == 1  # one id as a plain string, not its characters
+    other = Index.load(copy.path, encoder=tiny_encoder)
+    other.delete([ids[0]])
+    other.compact()  # moves every row before the pending delete is committed
+    copy.add(c for c in [Candidate("gen:1", Modality.TEXT, "from a generator")])
+    reread = Index.load(copy.path, encoder=tiny_encoder)
+    assert [c.did for c in reread.candidates] == ids[2:] + ["gen:1"] and len(reread) == 35
+    copy.delete([ids[3]], save=False)
+    copy.save()
+    assert len(Index.load(copy.path, encoder=tiny_encoder)) == 34
+
+
+def test_python_api_inputs_are_checked_like_pool_files(copy, tmp_path):
+    from unimir.data.problems import Problems
+
+    problems = Problems()
+    bad = [Candidate("x:1", Modality.IMAGE, "text only"), Candidate("", Modality.TEXT, "empty id"),
+           Candidate("x:2", Modality.TEXT, "outside", "../elsewhere.png"), "not a candidate",
+           Candidate("x\n3", Modality.TEXT, "a newline in the id")]
+    good = Candidate("x:4", "text", "modality as a string")
+    assert copy.add(bad + [good], problems=problems) == 1 and len(problems) == 5
+    assert copy.get("x:4").modality is Modality.TEXT
+    hits = copy.search("a red circle", k=np.int64(3), modality="text").hits
+    assert len(hits) == 3
+    for kwargs, message in ((dict(text="peng\ud800uin"), "not valid UTF-8"), (dict(text=5), "must be a string"),
+                            (dict(text="x", instruction=5), "must be a string"),
+                            (dict(image=np.zeros(3)), "image must be")):
+        with pytest.raises(InvalidInputError, match=message):
+            copy.search(**kwargs)
+
+
+def test_safetensors_features_without_masks(corpus, built, tmp_path, tiny_encoder):
+    feats = built.features
+    save_file({"image": feats.image.astype(np.float16), "text": feats.text.astype(np.float16)},
+              str(tmp_path / "f.safetensors"))
+    index = Index.build(corpus["pool"], tmp_path / "idx", encoder=tiny_encoder, features=tmp_path / "f.safetensors")
+    assert len(index) == 36 and index.modality_counts() == built.modality_counts()

@@ -113,6 +113,12 @@ def _inside_root(candidates: list[Candidate], root: Path, source: Path, problems
     return kept
 
 
+def within_root(root: Path, img_path: str, cache: dict[str, str] | None = None) -> bool:
+    """Whether ``root / img_path``, symlinks resolved, lies under ``root`` (the check pool readers make);
+    ``cache`` keeps the resolved folders between calls."""
+    return _is_within(Path(root).resolve(), img_path, cache if cache is not None else {})
+
+
 def _is_within(root: Path, img_path: str, real_dirs: dict[str, str]) -> bool:
     """Whether ``root / img_path``, symlinks resolved, lies under ``root`` (itself resolved). ``real_dirs`` caches
     the resolved folders: a pool's images share a few folders, so a million paths cost a million ``lstat`` calls

@@ -40,8 +40,8 @@ class _SafetensorsColumn:
         from safetensors import safe_open
 
         with safe_open(str(self.path), framework="numpy") as f:
-            if isinstance(rows, slice):
-                return f.get_slice(self.name)[rows]
+            if isinstance(rows, slice):  # safetensors refuses a slice past the end, which numpy clips
+                return f.get_slice(self.name)[slice(*rows.indices(self.shape[0]))]
             rows = np.asarray(rows)
             if rows.dtype == bool:
                 rows = np.flatnonzero(rows)

@@ -27,13 +27,15 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+from PIL import Image as PILImage
 
 from .. import atomic
 from ..data.images import bytes_digest, file_digest, image_suffix, open_image
-from ..data.ingest import Pool, read_pool
+from ..data.ingest import Pool, read_pool, within_root
 from ..data.mbeir import format_text, query_text
 from ..data.problems import Problems
 from ..data.records import INDEX_MEDIA, Candidate, Modality, SourceRows, parse_modalities
+from ..data.textio import check_text, id_problem
 from ..encoders import EmbeddingCache, Encoder, Features, Item, fuse, fusion_of, load_encoder
 from ..errors import IndexFormatError, InvalidInputError, NotFoundError, UnimirError, UnimirWarning
 from ..ranking import Ranking
@@ -129,6 +131,7 @@ class Index:
         self._generative_skipped = False  # loaded with generative=False: the stored model is kept on commits
         self._warned_fingerprint = False
         self._write_lock = threading.Lock()  # writers are serialised; searches read immutable snapshots
+        self._unsaved_deletes: set[str] = set()  # ids deleted with save=False: written by the next commit
 
     # --- construction --------------------------------------------------------------------------------------
     @classmethod
@@ -354,6 +357,8 @@ class Index:
             if current is not None and self.path is not None and current.generation != self.manifest.generation \
                     and not replace:
                 self._adopt(current, keep=fresh)
+            if self._unsaved_deletes and deleted is None and not replace:
+                deleted = self._state.deleted  # the tombstones delete(save=False) left in memory (and _adopt kept)
             m = copy.deepcopy(self.manifest)
             m.generation = (current.generation if current else 0) + 1
             if replace:
@@ -413,6 +418,7 @@ class Index:
             commit_manifest(path, m, current)
             self.path = path
             self.manifest = m
+            self._unsaved_deletes = set()
             self._reopen_fresh(path, fresh)
             if deleted is not None:
                 self.vectors.set_deleted(deleted)
@@ -466,6 +472,11 @@ class Index:
             for seg in pending:
                 seg.codes = self._generative.quantizer.compute_codes(seg.features(), seg.modality.astype(np.int64))
             self._generative.index_codes(np.concatenate([self._generative.codes] + [s.codes for s in pending]))
+        again = self.rows_of(self._unsaved_deletes) if self._unsaved_deletes else {}
+        if again:  # deletions not committed yet, resolved in the adopted version (rows may have moved)
+            deleted = np.union1d(self._state.deleted, np.fromiter(again.values(), np.int64, len(again)))
+            self.vectors.set_deleted(deleted)
+            self._state = _make_state(list(self._state.segments), deleted)
 
     def _write_generative(self, path: Path, m: Manifest) -> None:
         g = self._generative
@@ -755,8 +766,12 @@ class Index:
         in (the manifest's ``outside_root``).
         """
         problems = problems if problems is not None else Problems(strict=True)
+        candidates = list(candidates)  # a generator is read once, not used up by the id check
         root_path = Path(root).resolve() if root else self.root
         fresh, seen = [], set()
+        folders: dict[str, str] = {}  # resolved once per folder, not per image
+        candidates = [checked for c in candidates
+                      if (checked := self._checked_candidate(c, root_path, problems, allow_outside_root, folders))]
         existing = self.rows_of([c.did for c in candidates])
         for c in candidates:
             if c.did in seen or (c.did in existing and not replace):
@@ -812,6 +827,36 @@ class Index:
                 self.manifest.outside_root = self.manifest.outside_root or allow_outside_root
             self._append(kept, feats, kept_digests, save=save, replace=replace, refresh=refresh, log=progress)
         return len(kept)
+
+    def _checked_candidate(self, c: Any, root: Path | None, problems: Problems, allow_outside_root: bool,
+                           folders: dict[str, str]) -> Candidate | None:
+        """The checks a pool file's reader makes, for candidates given as objects: a record-like id, a modality
+        that matches the fields set, an image path inside the data root. None (reported) when one fails."""
+        if not isinstance(c, Candidate):
+            problems.add(f"expected a Candidate, got {type(c).__name__}")
+            return None
+        why = id_problem(c.did)
+        if why:
+            problems.add(why, item=str(c.did), field_name="did")
+            return None
+        try:
+            modality = Modality.parse(c.modality)
+        except InvalidInputError as exc:
+            problems.add(str(exc), item=c.did, field_name="modality")
+            return None
+        has_text, has_image = isinstance(c.txt, str) and bool(c.txt.strip()), isinstance(c.img_path, str) \
+            and bool(c.img_path)
+        if (modality.has_text, modality.has_image) != (has_text, has_image):
+            problems.add(f"modality {modality.value!r} does not match the fields that are set (text: "
+                         f"{'yes' if has_text else 'no'}, image: {'yes' if has_image else 'no'})", item=c.did,
+                         field_name="modality")
+            return None
+        if has_image and not c.img_path.startswith(INDEX_MEDIA) and not allow_outside_root and root is not None \
+                and not within_root(root, c.img_path, folders):
+            problems.add(f"image path {c.img_path!r} leaves the data root {root}; pass allow_outside_root=True to "
+                         "index it anyway", item=c.did, field_name="img_path")
+            return None
+        return c if modality is c.modality else Candidate(c.did, modality, c.txt, c.img_path, c.src_content)
 
     def add_features(self, candidates: Sequence[Candidate], features: Features, digests=None, *,
                      out: Path | None = None, chunk: int = SEGMENT_ROWS, rows: np.ndarray | None = None) -> None:
@@ -927,9 +972,20 @@ class Index:
     # --- deleting ------------------------------------------------------------------------------------------
     def delete(self, ids: Sequence[str], *, missing_ok: bool = False, save: bool = True) -> int:
         """Delete items by id (tombstones; ``compact`` reclaims the space). Unknown ids raise ``NotFoundError``
-        before anything is deleted, unless ``missing_ok``. Returns how many were deleted."""
+        before anything is deleted, unless ``missing_ok``. Returns how many were deleted.
+
+        Ids resolve against the directory's latest version (under its lock), so a handle opened before another
+        writer's add, delete or compaction deletes what it names and nothing else. With ``save=False`` the
+        deletion stays in memory until the next commit of this object (``save``, ``add``, ``delete``)."""
+        ids = [ids] if isinstance(ids, str) else list(ids)
+        with self.writer_lock() if save else contextlib.nullcontext():
+            if save:
+                self.catch_up()
+            return self._delete(ids, missing_ok=missing_ok, save=save)
+
+    def _delete(self, ids: list[str], *, missing_ok: bool, save: bool) -> int:
         with self._write_lock:
-            found = self.rows_of(list(ids))
+            found = self.rows_of(ids)
             missing = [d for d in dict.fromkeys(ids) if d not in found]
             if missing and not missing_ok:
                 shown = ", ".join(map(repr, missing[:5])) + (" ..." if len(missing) > 5 else "")
@@ -942,6 +998,7 @@ class Index:
             else:
                 self.vectors.set_deleted(deleted)
                 self._state = _make_state(list(self._state.segments), deleted)
+                self._unsaved_deletes |= set(found)
             return len(found)
 
     def compact(self) -> int:
@@ -949,7 +1006,15 @@ class Index:
 
         Generative codes are carried over (no retraining); the vector store is rebuilt from its own stored vectors
         with its trained template (a compressed store re-encodes its decoded vectors). Files that an interrupted
-        write of this index left behind (``unimir info --check`` lists them) are removed too."""
+        write of this index left behind (``unimir info --check`` lists them) are removed too.
+
+        The whole rewrite holds the directory's lock, after catching up with other writers, so nothing they
+        commit is lost (their adds and deletes wait for it)."""
+        with self.writer_lock():
+            self.catch_up()
+            return self._compact()
+
+    def _compact(self) -> int:
         with self._write_lock:
             state = self._state
             dropped = len(state.deleted)
@@ -1012,6 +1077,13 @@ class Index:
         same text). Scores are cosines for dense mode and log-probabilities for generative modes."""
         t0 = time.perf_counter()
         self._check_request(k, mode, beams)
+        for name, value in (("text", text), ("instruction", instruction)):
+            if value is not None:
+                if not isinstance(value, str):
+                    raise InvalidInputError(f"{name} must be a string, got {type(value).__name__}")
+                check_text(value, name)
+        if image is not None and not isinstance(image, (str, Path, bytes, bytearray, PILImage.Image)):
+            raise InvalidInputError(f"image must be a file path, bytes or a PIL image, got {type(image).__name__}")
         has_text = text is not None and text.strip() != ""
         if not has_text and image is None:
             raise InvalidInputError("empty query: give a text, an image or both")
@@ -1035,6 +1107,7 @@ class Index:
         (None = any); ``exclude``: per query, rows to leave out (searched deeper, so that k rows remain when the
         pool has them). Returns one :class:`Ranking` per query over global rows, tie groups whole."""
         self._check_request(k, mode, beams)
+        k, beams = int(k), None if beams is None else int(beams)  # numpy integers: FAISS wants a Python int
         codes = [None if a is None else tuple(m.code for m in a) for a in allowed]
         extra = max((len(e) for e in exclude), default=0) if exclude is not None else 0
         rankings = RETRIEVERS[mode]().search(self, queries, codes, k + extra, beams)
