@@ -239,3 +239,18 @@ def test_extra_cells_and_broken_links_are_reported_not_dropped_silently(tmp_path
     problems = Problems()
     cands, _ = load_pool(tmp_path / "pics", problems=problems)
     assert [c.did for c in cands] == ["a.png"] and "does not exist" in str(problems.items[0])
+
+
+def test_a_captions_file_without_a_header_is_reported_not_half_read(tmp_path):
+    from conftest import draw
+
+    (tmp_path / "pics").mkdir()
+    for name in ("owl.png", "bee.png"):
+        draw("red", "circle").save(tmp_path / "pics" / name)
+    (tmp_path / "pics" / "captions.tsv").write_text("owl.png\tan owl\nbee.png\ta bee\n")
+    problems = Problems()
+    cands, _ = load_pool(tmp_path / "pics", problems=problems)
+    assert [c.txt for c in cands] == [None, None] and "must be a header" in str(problems.items[0])
+    (tmp_path / "pics" / "captions.tsv").write_text("file\tcaption\nowl.png\tan owl\nbee.png\ta bee\n")
+    cands, _ = load_pool(tmp_path / "pics", problems=Problems())
+    assert sorted(c.txt for c in cands) == ["a bee", "an owl"]

@@ -16,6 +16,7 @@ from .records import INDEX_MEDIA, Candidate, Modality, SourceRows
 from .textio import csv_rows, id_problem, invalid_unicode_field, iter_lines
 
 CAPTION_FILES = ("captions.tsv", "captions.csv", "captions.jsonl")
+CAPTION_FILE_KEYS = ("file", "image", "filename", "id")
 
 
 @dataclass
@@ -164,7 +165,15 @@ def _captions(folder: Path, problems: Problems) -> dict[str, str]:
     for name in CAPTION_FILES:
         path = folder / name
         if path.is_file():
-            rows = _rows(path, problems, SourceRows(), id_keys=("file", "image", "filename", "id"))
+            if path.suffix != ".jsonl":  # without a header the first caption would be taken for one, unseen
+                header = next(csv_rows(path, "\t" if path.suffix == ".tsv" else ",", problems), None)
+                names = {h.strip().lower() for h in header[1]} if header else set()
+                if not names & set(CAPTION_FILE_KEYS) or not names & {"caption", "text", "txt"}:
+                    problems.add("the first line must be a header naming the file column (file, image, filename "
+                                 "or id) and the caption column (caption or text); no caption was read",
+                                 path=str(path), line=1)
+                    return {}
+            rows = _rows(path, problems, SourceRows(), id_keys=CAPTION_FILE_KEYS)
             return {rid: text for _, _, rid, text in rows}
     return {}
 
