@@ -226,3 +226,17 @@ def test_a_data_root_that_is_not_a_folder_is_refused_at_load(built, tmp_path):
     for root in (tmp_path / "nowhere", built.path / "manifest.json"):
         with pytest.raises(NotFoundError, match="is not a folder"):
             Index.load(built.path, root=root)
+
+
+def test_a_build_without_a_problems_sink_warns_about_what_it_skipped(tmp_path, tiny_encoder):
+    from unimir.errors import UnimirWarning
+
+    with pytest.warns(UnimirWarning, match=r"1 item\(s\) skipped .*duplicate candidate id 'a'"):
+        index = Index.build([Candidate("a", Modality.TEXT, "one"), Candidate("a", Modality.TEXT, "two"),
+                             Candidate("b", Modality.TEXT, "three")], encoder=tiny_encoder)
+    assert len(index) == 2
+    assert index.candidates[-1].did == "b" and index.candidates[0].did == "a"
+    with pytest.raises(IndexError):
+        index.candidates[2]
+    with pytest.raises(InvalidInputError, match="index.get"):
+        index.candidates["a"]

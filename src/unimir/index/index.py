@@ -162,6 +162,7 @@ class Index:
         fp16 parts besides its dense vector (about 1.5 KB more per part at d = 768): generative training then reads
         them instead of re-encoding the pool, which an index built from ``features`` cannot do without them.
         """
+        quiet_sink = problems is None
         problems = problems if problems is not None else Problems()
         if out is not None:
             previous_manifest(Path(out))  # refuse a folder that is not an index before any encoding work
@@ -187,6 +188,8 @@ class Index:
             idx.manifest.outside_root = allow_outside_root
             idx.add_features(candidates, feats, out=Path(out) if out is not None else None,
                              rows=None if positions.skipped == 0 else np.frombuffer(positions.rows, np.int64))
+            if quiet_sink:
+                _warn_skipped(problems)
             return idx
         enc = load_encoder(encoder, device=device) if isinstance(encoder, str) else encoder
         idx = cls._new(enc, enc.dim, index, fusion_weights, root_path, device, keep_parts)
@@ -198,6 +201,8 @@ class Index:
         if not len(idx):
             raise InvalidInputError("no item could be indexed" + (f": {len(problems)} skipped, the first: "
                                                                   f"{problems.items[0]}" if len(problems) else ""))
+        if quiet_sink:
+            _warn_skipped(problems)
         if out is not None:
             idx.save(out)
         return idx
@@ -1179,7 +1184,8 @@ class RowLookup(Mapping):
 
 
 class CandidateRows(Sequence):
-    """``index.candidates``: records by global row (``[row]``), or the live items in order (iteration)."""
+    """``index.candidates``: records by global row (``[row]``, deleted rows included, as ``len`` counts them:
+    rows are what rankings hold), or the live items in order (iteration). ``index.get(id)`` looks one up by id."""
 
     def __init__(self, index: Index):
         self._index = index
@@ -1187,7 +1193,13 @@ class CandidateRows(Sequence):
     def __getitem__(self, row):  # type: ignore[override]
         if isinstance(row, slice):
             return self._index.candidates_at(range(*row.indices(self._index.num_rows)))
-        return self._index.candidates_at([int(row)])[0]
+        if isinstance(row, str):
+            raise InvalidInputError(f"candidates[...] takes a row number; look an id up with index.get({row!r})")
+        row = int(row)
+        n = self._index.num_rows
+        if not -n <= row < n:
+            raise IndexError(f"row {row} is out of range for {n} rows")
+        return self._index.candidates_at([row % n])[0]
 
     def __len__(self) -> int:
         return self._index.num_rows
@@ -1267,6 +1279,13 @@ def _generation_changed(path: Path, m: Manifest) -> bool:
         return Manifest.read(path).generation != m.generation
     except (IndexFormatError, NotFoundError):
         return False
+
+
+def _warn_skipped(problems: Problems) -> None:
+    """Items skipped by a build that was given no ``problems`` sink must not vanish unseen."""
+    if len(problems):
+        warnings.warn(f"{len(problems)} item(s) skipped (pass problems=Problems() to get them all), the first: "
+                      f"{problems.items[0]}", UnimirWarning, stacklevel=3)
 
 
 def _digest_or_none(path: Path) -> str | None:
