@@ -213,3 +213,14 @@ def test_a_problem_without_a_file_has_no_leading_blank():
     assert str(Problem(None, None, "x.png", "image file not found")) == "[x.png]: image file not found"
     assert str(Problem("p.jsonl", 3, "1:2", "bad")) == "p.jsonl:3 [1:2]: bad"
     assert str(Problem(None, None, None, "bad")) == "bad"
+
+
+def test_train_with_no_usable_query_says_why_each_was_dropped(cli_index, tmp_path):
+    queries = tmp_path / "q.jsonl"
+    queries.write_bytes(b'{"qid": "1:1", "query_txt": "x", "query_modality": "text", "pos_cand_list": ["nope:1"]}\n'
+                        b"\xff\xfe not text\n")
+    proc = unimir("train", cli_index, "--queries", queries, "--skipped", tmp_path / "s.jsonl", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{queries}:2" in proc.stderr and "not valid UTF-8" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: no training pair: 1 queries read")
+    assert (tmp_path / "s.jsonl").read_text().count("\n") >= 1

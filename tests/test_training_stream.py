@@ -234,13 +234,31 @@ def test_a_query_that_cannot_be_encoded_is_left_out_with_its_pairs(corpus, tiny_
 
     bad = json.loads(corpus["t2i"].read_text().splitlines()[2])["qid"]
 
-    def fail_on_bad(items, side, *args, **kwargs):  # as an unreadable query image would
-        feats, ok = real_encode(items, side, *args, **kwargs)
-        return feats, ok & np.array([side != "query" or item.name != bad for item in items])
+    def fail_on_bad(items, side, *args, **kwargs):  # as an unreadable query image would; the encode contract:
+        feats, ok = real_encode(items, side, *args, **kwargs)  # features of the items that worked only
+        good = np.array([side != "query" or item.name != bad for item in items])
+        return feats[good[ok]], ok & good
 
     monkeypatch.setattr(index.encoder, "encode", fail_on_bad)
     pairs = training_pairs(index, [corpus["t2i"]], work_dir=tmp_path / "work")
     assert pairs.num_groups == 17 and len(pairs) == 34
+
+
+def test_a_training_query_whose_image_is_missing_is_skipped_and_listed(corpus, tiny_encoder, tmp_path):
+    from unimir.data.problems import Problems
+    from unimir.index import Index
+    from unimir.training import training_pairs
+
+    index = Index.build(corpus["pool"], tmp_path / "idx", encoder=tiny_encoder)
+    lines = corpus["i2t"].read_text().splitlines()
+    broken = json.loads(lines[0])
+    broken.update(qid="10:9999", query_img_path="mbeir_images/shapes/missing.png")
+    queries = corpus["i2t"].parent / "with_missing_image.jsonl"
+    queries.write_text("\n".join(lines + [json.dumps(broken)]) + "\n")
+    problems = Problems()
+    pairs = training_pairs(index, [queries], work_dir=tmp_path / "work", problems=problems)
+    assert pairs.num_groups == len(lines)
+    assert any(p.item == "10:9999" and p.line == len(lines) + 1 and "not found" in p.message for p in problems.items)
 
 
 def test_an_index_that_stores_its_parts_is_trained_from_them_in_place(corpus, tiny_encoder, tmp_path):
@@ -401,3 +419,18 @@ def test_a_second_training_run_on_one_checkpoint_folder_fails_at_once(corpus, ti
         train(index, None, stage="index", checkpoint_dir=ckpt)
     with checkpoint_lock(None):  # no folder, nothing to hold
         pass
+
+
+def test_a_damaged_checkpoint_is_one_clear_error(tmp_path):
+    import torch
+
+    from unimir.errors import IndexFormatError
+    from unimir.quantizer.checkpoint import load_tensors, save_tensors
+
+    path = tmp_path / "quantizer"
+    save_tensors(path, {"w": torch.zeros(64, 64)}, {"step": 3})
+    assert load_tensors(path)[1] == {"step": 3}
+    for damage in (path.read_bytes()[:5000], b"\xff" * 64):
+        path.write_bytes(damage)
+        with pytest.raises(IndexFormatError, match="unreadable safetensors file .*; remove it"):
+            load_tensors(path)

@@ -552,10 +552,14 @@ def _train(args, progress: bool) -> int:
     if args.stage != "index":
         if not args.queries:
             raise InvalidInputError(f"--stage {args.stage} needs --queries (M-BEIR training queries)")
-        pairs = training_pairs(index, args.queries, qrels=args.qrels, root=args.root,
-                               instructions=args.instructions, seed=args.seed, redraw=not args.fixed_draws,
-                               progress=progress, problems=problems,
-                               work_dir=args.checkpoint_dir)  # the encoded queries are kept there for --resume
+        try:
+            pairs = training_pairs(index, args.queries, qrels=args.qrels, root=args.root,
+                                   instructions=args.instructions, seed=args.seed, redraw=not args.fixed_draws,
+                                   progress=progress, problems=problems,
+                                   work_dir=args.checkpoint_dir)  # the encoded queries are kept there for --resume
+        except UnimirError:
+            _report(problems, args)  # why the queries were dropped, before the error that says none is left
+            raise
         _report(problems, args)
         print(f"{pairs.num_groups} training queries from {', '.join(Path(q).name for q in args.queries)}: "
               f"{len(pairs)} pairs of paraphrase and positive, one drawn per query and epoch")

@@ -104,7 +104,11 @@ def training_pairs(index: Index, query_files: Sequence["str | Path"], *, qrels: 
         for item in prepared.items:
             digest.update(f"{item.text}\0{item.image}\1".encode())
     if rows == 0:
-        raise InvalidInputError("no training pair: none of the queries' positives is in this index")
+        for _ in prepared_chunks(problems):  # pass 2 would have reported why each query went: report it now
+            pass
+        read = sum(len(queries) for _, queries, *_ in sources)
+        raise InvalidInputError(f"no training pair: {read} queries read, none with a positive in this index"
+                                + (f"; {len(problems)} skipped (listed above)" if len(problems) else ""))
 
     def encode_rows(wanted: np.ndarray):
         """Encode the query rows ``wanted`` (sorted, unique): yields (rows, Features, ok) per prepared chunk."""
@@ -133,20 +137,29 @@ def training_pairs(index: Index, query_files: Sequence["str | Path"], *, qrels: 
     # pass 2: the pairs as row arrays (query row, positive row, target modality, query group); nothing is encoded
     columns: list[list[np.ndarray]] = [[], [], [], []]
     offset = group = 0
+    unmatched: set[str] = set()  # queries none of whose positives is in the index
     for prepared in prepared_chunks(problems):
         rows_of = index.rows_of({d for rel in prepared.relevant for d in rel})  # one batched lookup
         chunk, previous = [], None
         for i, (query, target, rel) in enumerate(zip(prepared.queries, prepared.targets, prepared.relevant)):
             if query is not previous:  # a query's paraphrases are consecutive items of the same record
                 group, previous = group + 1, query
-            chunk += [(offset + i, row, target.code if target else int(index.modality_codes[row]), group)
-                      for row in (rows_of.get(did) for did in sorted(rel)) if row is not None]
+            found = [(offset + i, row, target.code if target else int(index.modality_codes[row]), group)
+                     for row in (rows_of.get(did) for did in sorted(rel)) if row is not None]
+            if not found:
+                unmatched.add(query.qid)
+            chunk += found
         if chunk:  # int64 arrays per chunk: 32 B per pair, not four Python ints
             for column, values in zip(columns, zip(*chunk)):
                 column.append(np.asarray(values, np.int64))
         offset += len(prepared.items)
+    if unmatched:
+        problems.notice("unmatched", "training queries have no positive in this index and were left out",
+                        count=len(unmatched))
     if not columns[0]:
-        raise InvalidInputError("no training pair: none of the queries' positives is in this index")
+        read = sum(len(queries) for _, queries, *_ in sources)
+        raise InvalidInputError(f"no training pair: {read} queries read, none with a positive in this index"
+                                + (f"; {len(problems)} skipped (listed above)" if len(problems) else ""))
     query_rows, positive_rows, targets, groups = (np.concatenate(c) for c in columns)
     pairs = TrainingPairs(queries, candidate_features(index, work_dir, progress=progress),
                           index.modality_codes.astype(np.int64), positive_rows, targets, query_rows, groups,
@@ -223,7 +236,8 @@ class LazyQueryParts:
             try:
                 with progress_bar(len(wanted), "encode training queries", enabled=self.progress) as bar:
                     for block, feats, ok in self.encode(wanted):
-                        _store_rows(self.parts, self.masks, block[ok], feats[ok])  # failed rows keep empty masks
+                        # feats holds the rows that encoded; the failed ones keep empty masks
+                        _store_rows(self.parts, self.masks, block[ok], feats)
                         self.tried[block] = True
                         bar.update(len(block))
             finally:  # what was encoded is kept, even when an error stops the run

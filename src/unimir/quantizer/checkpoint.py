@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ..atomic import write_safetensors
@@ -72,8 +72,9 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get(_META_KEY, "{}"))
             return {k: f.get_tensor(k) for k in f.keys()}, meta
-    except (OSError, ValueError, json.JSONDecodeError) as exc:  # safetensors raises SafetensorError(ValueError)
-        raise IndexFormatError(f"unreadable safetensors file {path}: {exc}") from None
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError is no ValueError (safetensors 0.8)
+        raise IndexFormatError(f"unreadable safetensors file {path}: {exc}; remove it (or rebuild what wrote it)"
+                               ) from None
 
 
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
