@@ -135,6 +135,8 @@ def test_train_then_search_and_eval_every_mode(corpus, tmp_path):
     proc = unimir("--threads", "1", "train", out, "--stage", "index")
     assert "taught the generator 1 items" in proc.stderr
     assert json.loads(unimir("info", out).stdout)["generative"]["learned_rows"] == 40
+    proc = unimir("--threads", "1", "train", out, "--stage", "index")  # again: nothing new, nothing moves
+    assert "nothing to refresh: the generator knows all 40 items" in proc.stderr
     found = json.loads(unimir("search", out, "--text", "a green paper kite", "--modality", "text", "--mode",
                               "generative", "--k", "5", "--json").stdout)["results"]
     assert "A green paper kite." in [h["txt"] for h in found]
@@ -224,3 +226,12 @@ def test_train_with_no_usable_query_says_why_each_was_dropped(cli_index, tmp_pat
     assert f"{queries}:2" in proc.stderr and "not valid UTF-8" in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no training pair: 1 queries read")
     assert (tmp_path / "s.jsonl").read_text().count("\n") >= 1
+
+
+def test_train_refuses_a_quantizer_spec_it_cannot_or_would_not_use_before_any_work(cli_index, corpus):
+    for args, message in ((("--quantizer", "M3+RQ2x99999999999"), "codebook_size must be at most 65,536"),
+                          (("--quantizer", ""), "bad quantizer spec"),
+                          (("--stage", "generator", "--quantizer", "M3+RQ2x8"), "keeps the trained one")):
+        proc = unimir("train", cli_index, "--queries", corpus["t2i"], *args, check=False)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert "encode" not in proc.stderr

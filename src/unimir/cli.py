@@ -546,6 +546,13 @@ def _train(args, progress: bool) -> int:
     if args.resume and not args.checkpoint_dir:
         raise InvalidInputError("--resume continues from saved checkpoints: give --checkpoint-dir too")
     problems = Problems(strict=args.strict)
+    if args.quantizer is not None:  # a bad spec fails now, not after every training query is encoded
+        from .quantizer import QuantizerConfig
+
+        if args.stage in ("generator", "index"):
+            raise InvalidInputError(f"--quantizer sets up a new quantizer; --stage {args.stage} keeps the trained "
+                                    "one (use --stage quantizer or all to train another)")
+        QuantizerConfig.from_spec(args.quantizer)
     # the index stage continues the trained model; the other stages start afresh
     index = Index.load(args.index_dir, generative=args.stage in ("generator", "index"), device=args.device)
     pairs = None

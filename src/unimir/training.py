@@ -401,9 +401,13 @@ def train(index: Index, pairs: TrainingPairs | None, *, stage: str = "all", quan
         if stage == "index":
             if retriever is None or retriever.generator is None:
                 raise InvalidInputError("stage 'index' needs a trained generator: run 'unimir train' first")
-            report.extra["refresh"] = retriever.refresh(index.feature_rows, log=log)
-            say(f"[index] taught the generator {report.extra['refresh']['rows']} items "
-                f"(with {report.extra['refresh']['replay']} replayed) in {report.extra['refresh']['steps']} steps")
+            if retriever.learned_rows >= len(retriever):  # a fine-tune over known rows would only move weights
+                report.extra["refresh"] = {"rows": 0, "replay": 0, "steps": 0}
+                say(f"[index] nothing to refresh: the generator knows all {len(retriever)} items")
+            else:
+                report.extra["refresh"] = retriever.refresh(index.feature_rows, log=log)
+                say(f"[index] taught the generator {report.extra['refresh']['rows']} items (with "
+                    f"{report.extra['refresh']['replay']} replayed) in {report.extra['refresh']['steps']} steps")
             report.stages.append("index")
         index.generative = retriever
         if save and index.path is not None:

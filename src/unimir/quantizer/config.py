@@ -17,6 +17,9 @@ NUM_MODALITIES = 3  # level-0 codes: 0 image, 1 text, 2 image,text (``Modality.c
 _SPEC_RE = re.compile(r"^(?:C(?P<hidden>\d+)\+)?M(?P<m>\d+)\+RQ(?P<levels>\d+)x(?P<k>\d+)$")
 
 
+_LIMITS = {"hidden": 16_384, "levels": 32, "codebook_size": 65_536}
+
+
 @dataclass(frozen=True)
 class QuantizerConfig:
     """Architecture of combiner + modality-decoupled residual quantizer.
@@ -37,6 +40,10 @@ class QuantizerConfig:
         for name in ("dim", "hidden", "levels", "codebook_size"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"quantizer {name} must be >= 1, got {getattr(self, name)}")
+        for name, most in _LIMITS.items():  # far beyond the paper's; past them a typo would allocate terabytes
+            if getattr(self, name) > most:
+                raise InvalidInputError(f"quantizer {name} must be at most {most:,}, got {getattr(self, name):,} "
+                                        "(the paper uses 8 levels of 4,096 codes, C2560)")
         if not 0.0 < self.ema_decay < 1.0:
             raise InvalidInputError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
 
