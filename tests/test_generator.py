@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unimir.errors import IndexFormatError
+from unimir.errors import IndexFormatError, InvalidInputError
 from unimir.generator import (
     EOS,
     PAD,
@@ -288,6 +288,9 @@ def test_training_learns_and_resume_restores_everything(tmp_path, monkeypatch):
     assert report.steps == 12
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
+    with pytest.raises(InvalidInputError, match="written by another training run"):  # other targets: another index
+        train_generator(IDGenerator(CONFIG), zq, zp, random_codes(40, 99), config, progress=False,
+                        checkpoint_path=ckpt, resume=True)
 
 
 def test_save_load_round_trip_and_strictness(tmp_path, model):

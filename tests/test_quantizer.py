@@ -195,3 +195,7 @@ def test_training_resumes_from_checkpoint(tmp_path, corpus, monkeypatch):
     assert report.steps == 2 * (len(corpus.positives) // 200)
     for (name, a), b in zip(straight.net.state_dict().items(), resumed.net.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+    # the same settings on other training pairs (another index, other queries) must not resume from this file
+    with pytest.raises(InvalidInputError, match="written by another training run"):
+        SemanticQuantizer(config).train(corpus.pairs(slice(0, len(corpus.positives) // 2)), train, progress=False,
+                                        checkpoint_path=ckpt, resume=True)

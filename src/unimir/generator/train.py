@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..devices import resolve_device
 from ..errors import InvalidInputError
 from ..progress import StepLog, progress_bar
-from ..quantizer.checkpoint import load_training_state, save_training_state
+from ..quantizer.checkpoint import check_same_run, load_training_state, run_digest, save_training_state
 from ..quantizer.config import config_from_dict
 from ..quantizer.optim import adamw, warmup_cosine
 from ..quantizer.pairs import EpochBatches, pair_batches
@@ -147,8 +147,11 @@ def train_generator(model: IDGenerator, z_q: np.ndarray, z_p: np.ndarray, target
     optimizer = adamw(model, config.lr, config.weight_decay, betas=config.betas, eps=config.adam_eps)
     scheduler = warmup_cosine(optimizer, total, warmup_steps=round(config.warmup_ratio * total))
     step = 0
+    run = run_digest(config.to_dict(), target_codes, [n])  # the positives' IDs: another index gives others
     if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
-        step = int(load_training_state(checkpoint_path, {"generator": model}, optimizer, scheduler)["step"])
+        meta = load_training_state(checkpoint_path, {"generator": model}, optimizer, scheduler)
+        check_same_run(meta, run, checkpoint_path)
+        step = int(meta["step"])
 
     report = GeneratorTrainReport(steps=step)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
@@ -187,7 +190,7 @@ def train_generator(model: IDGenerator, z_q: np.ndarray, z_p: np.ndarray, target
         entry = {"epoch": epoch, **sums, "level_acc": sums["level_acc"].tolist()}
         if checkpoint_path is not None:
             save_training_state(checkpoint_path, {"generator": model}, optimizer, scheduler, step,
-                                {"config": config.to_dict()})
+                                {"config": config.to_dict(), "run": run})
         last = epoch + 1 == config.epochs
         if validate is not None and ((epoch + 1) % config.val_every == 0 or last):
             model.eval()

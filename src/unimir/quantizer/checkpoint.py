@@ -16,7 +16,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ..atomic import write_safetensors
-from ..errors import IndexFormatError
+from ..errors import IndexFormatError, InvalidInputError
 
 _META_KEY = "unimir"
 
@@ -92,6 +92,23 @@ def array_digest(a: np.ndarray) -> str:
     h = hashlib.sha256(f"{a.dtype.str}|{a.shape}|".encode())
     h.update(a.tobytes())
     return h.hexdigest()
+
+
+def run_digest(config: dict[str, Any], *arrays: Any) -> str:
+    """What a training run trains on: its settings (but ``epochs`` and ``device``, which a resumed run may change)
+    and the shapes and bytes of its training arrays. A checkpoint records it; resuming another run's is refused."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in config.items() if k not in ("epochs", "device")},
+                                  sort_keys=True, default=str).encode())
+    for a in arrays:
+        h.update(array_digest(np.asarray(a)).encode())
+    return h.hexdigest()
+
+
+def check_same_run(meta: dict[str, Any], digest: str, path: "str | Path") -> None:
+    recorded = meta.get("run")
+    if recorded is not None and recorded != digest:
+        raise InvalidInputError(f"{path} was written by another training run (other training pairs, index or "
+                                "settings); remove it, or give another --checkpoint-dir")
 
 
 def save_training_state(path: str | Path, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer,

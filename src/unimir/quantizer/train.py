@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..devices import resolve_device
 from ..progress import StepLog, progress_bar
-from .checkpoint import load_training_state, save_training_state
+from .checkpoint import check_same_run, load_training_state, run_digest, save_training_state
 from .combiner import FeatureTensors
 from .config import QuantizerTrainConfig
 from .optim import adamw, warmup_cosine
@@ -88,8 +88,11 @@ def train_quantizer(quantizer: "SemanticQuantizer", pairs: TrainingPairs, config
     optimizer = adamw(net.combiner, config.lr, config.weight_decay, eps=config.adam_eps)
     scheduler = warmup_cosine(optimizer, total, final_ratio=config.lr_min / config.lr)
     step = 0
+    run = run_digest(config.to_dict(), pairs.positives, pairs.query_rows, [len(pairs.candidates)])
     if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
-        step = int(load_training_state(checkpoint_path, {"quantizer": net}, optimizer, scheduler)["step"])
+        meta = load_training_state(checkpoint_path, {"quantizer": net}, optimizer, scheduler)
+        check_same_run(meta, run, checkpoint_path)
+        step = int(meta["step"])
     elif not quantizer.is_trained:
         _init_codebooks(quantizer, lambda rows: on_device(gather_batch(rows))[:2], pairs.draw(0, config.seed),
                         batch, config)
@@ -126,7 +129,7 @@ def train_quantizer(quantizer: "SemanticQuantizer", pairs: TrainingPairs, config
         report.history.append({"epoch": epoch, **{k: v / steps_per_epoch for k, v in sums.items()}})
         if checkpoint_path is not None:
             save_training_state(checkpoint_path, {"quantizer": net}, optimizer, scheduler, step,
-                                {"config": config.to_dict()})
+                                {"config": config.to_dict(), "run": run})
     bar.close()
     net.eval()
     if config.pool_refit:
