@@ -112,6 +112,11 @@ def _path(value: str) -> str:
     return _text(value)
 
 
+def _skipped_option(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--skipped", type=_path, metavar="FILE",
+                   help="also write every skipped item or query to FILE (JSON lines: path, line, item, message)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -148,8 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "'unimir train' then reads them instead of re-encoding the pool (needed with --features)")
     s.add_argument("--batch-size", type=_positive_int, default=None, help="items per encoder batch")
     s.add_argument("--strict", action="store_true", help="fail on the first bad item instead of skipping it")
-    s.add_argument("--skipped", type=_path, metavar="FILE",
-                   help="also write every skipped item or query to FILE (JSON lines: path, line, item, message)")
+    _skipped_option(s)
     s.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     s.add_argument("--allow-outside-root", action="store_true",
                    help="index images whose path leaves the data root (the server will serve them)")
@@ -159,8 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("pool", type=_path, help="same kinds of input as 'unimir index'")
     s.add_argument("--root", type=_path, help="data root that image paths are relative to (default: next to the pool)")
     s.add_argument("--strict", action="store_true", help="fail on the first bad item instead of skipping it")
-    s.add_argument("--skipped", type=_path, metavar="FILE",
-                   help="also write every skipped item or query to FILE (JSON lines: path, line, item, message)")
+    _skipped_option(s)
     s.add_argument("--allow-outside-root", action="store_true",
                    help="add images whose path leaves the data root (the server will serve them)")
     s.add_argument("--no-refresh", action="store_true", help="skip the short fine-tune that teaches a trained "
@@ -206,8 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop candidates identical to the query (its own image or text), as CIRR does")
     s.add_argument("--json", dest="json_out", type=_path, help="write results as JSON to this file")
     s.add_argument("--strict", action="store_true", help="fail on the first bad query instead of dropping it")
-    s.add_argument("--skipped", type=_path, metavar="FILE",
-                   help="also write every skipped item or query to FILE (JSON lines: path, line, item, message)")
+    _skipped_option(s)
     s.add_argument("--diagnose", action="store_true", help="for generative modes, also show where recall is lost "
                    "(positive's ID among the beams, shortlist sizes, quantizer's exact IDs)")
 
@@ -236,8 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "queries) here")
     s.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
     s.add_argument("--strict", action="store_true", help="fail on the first bad query instead of dropping it")
-    s.add_argument("--skipped", type=_path, metavar="FILE",
-                   help="also write every skipped item or query to FILE (JSON lines: path, line, item, message)")
+    _skipped_option(s)
     s.add_argument("--fixed-draws", action="store_true", help="train each query with the same instruction "
                    "paraphrase and positive every epoch (default: drawn anew per epoch)")
     # generalisation (docs/bench/generative-ablation.md)

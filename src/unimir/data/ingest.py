@@ -103,8 +103,8 @@ def _inside_root(candidates: list[Candidate], root: Path, source: Path, problems
     for i, (c, row) in enumerate(zip(candidates, positions.rows)):
         if c.img_path and not _is_within(root, c.img_path, real_dirs):
             problems.add(f"image path {c.img_path!r} leaves the data root {root}; move the file under the root, "
-                         "or pass --allow-outside-root to index it anyway", path=str(source), item=c.did,
-                         field_name="img_path")
+                         "or pass --allow-outside-root to index it anyway", path=str(source),
+                         line=positions.lines[i] if has_lines else None, item=c.did, field_name="img_path")
             continue
         kept.append(c)
         rows.append(row)
@@ -115,9 +115,9 @@ def _inside_root(candidates: list[Candidate], root: Path, source: Path, problems
 
 
 def within_root(root: Path, img_path: str, cache: dict[str, str] | None = None) -> bool:
-    """Whether ``root / img_path``, symlinks resolved, lies under ``root`` (the check pool readers make);
-    ``cache`` keeps the resolved folders between calls."""
-    return _is_within(Path(root).resolve(), img_path, cache if cache is not None else {})
+    """Whether ``root / img_path``, symlinks resolved, lies under ``root`` (itself resolved): the check pool
+    readers make. ``cache`` keeps the resolved folders between calls."""
+    return _is_within(root, img_path, cache if cache is not None else {})
 
 
 def _is_within(root: Path, img_path: str, real_dirs: dict[str, str]) -> bool:

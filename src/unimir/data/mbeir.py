@@ -11,7 +11,7 @@ from typing import Any, Iterable, Iterator
 
 from ..errors import DataError, InvalidInputError, NotFoundError
 from .problems import Problems
-from .records import INDEX_MEDIA, Candidate, Modality, Query, SourceRows, dumps
+from .records import INDEX_MEDIA, Candidate, Modality, Query, SourceRows, dumps, modality_mismatch
 from .textio import csv_rows, id_problem, invalid_unicode_field, iter_lines
 
 
@@ -66,10 +66,9 @@ def _record_modality(obj: dict, key: str, has_text: bool, has_image: bool, path:
     except InvalidInputError:
         raise DataError(f"unknown modality {raw!r}: use 'image', 'text' or 'image,text'",
                         path=str(path), line=lineno, field=key) from None
-    if (modality.has_text and not has_text) or (modality.has_image and not has_image):
-        raise DataError(f"modality {modality.value!r} does not match the fields that are set "
-                        f"(text: {'yes' if has_text else 'no'}, image: {'yes' if has_image else 'no'})",
-                        path=str(path), line=lineno, field=key)
+    why = modality_mismatch(modality, has_text, has_image)
+    if why:
+        raise DataError(why, path=str(path), line=lineno, field=key)
     return modality
 
 

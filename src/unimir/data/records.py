@@ -70,6 +70,14 @@ _ALIASES = {"image+text": "image,text", "text,image": "image,text", "text+image"
             "img": "image", "txt": "text"}
 
 
+def modality_mismatch(modality: Modality, has_text: bool, has_image: bool) -> str | None:
+    """Why a record's modality names a part its fields do not set, or None when they set it."""
+    if (modality.has_text and not has_text) or (modality.has_image and not has_image):
+        return (f"modality {modality.value!r} does not match the fields that are set "
+                f"(text: {'yes' if has_text else 'no'}, image: {'yes' if has_image else 'no'})")
+    return None
+
+
 def parse_modalities(value: "str | Modality | list | tuple | None") -> "tuple[Modality, ...] | None":
     """A candidate-modality filter: None (no filter), one modality, or several separated by '|' or given as a list."""
     if value is None or value == "" or value == "any":

@@ -34,7 +34,7 @@ from ..data.images import bytes_digest, file_digest, image_suffix, open_image
 from ..data.ingest import Pool, read_pool, within_root
 from ..data.mbeir import format_text, query_text
 from ..data.problems import Problems
-from ..data.records import INDEX_MEDIA, Candidate, Modality, SourceRows, parse_modalities
+from ..data.records import INDEX_MEDIA, Candidate, Modality, SourceRows, modality_mismatch, parse_modalities
 from ..data.textio import check_text, id_problem
 from ..encoders import EmbeddingCache, Encoder, Features, Item, fuse, fusion_of, load_encoder
 from ..errors import IndexFormatError, InvalidInputError, NotFoundError, UnimirError, UnimirWarning
@@ -774,20 +774,15 @@ class Index:
         candidates = list(candidates)  # a generator is read once, not used up by the id check
         root_path = Path(root).resolve() if root else self.root
         fresh, seen = [], set()
+        real_root = None if root_path is None else root_path.resolve()
         folders: dict[str, str] = {}  # resolved once per folder, not per image
         candidates = [checked for c in candidates
-                      if (checked := self._checked_candidate(c, root_path, problems, allow_outside_root, folders))]
+                      if (checked := self._checked_candidate(c, real_root, problems, allow_outside_root, folders))]
         existing = self.rows_of([c.did for c in candidates])
         for c in candidates:
             if c.did in seen or (c.did in existing and not replace):
                 problems.add(f"duplicate candidate id {c.did!r}", item=c.did)
                 continue
-            if c.img_path and c.img_path.startswith(INDEX_MEDIA):
-                try:
-                    self.image_path(c)
-                except NotFoundError as exc:
-                    problems.add(str(exc), item=c.did, field_name="img_path")
-                    continue
             seen.add(c.did)
             if c.txt is not None:
                 c = Candidate(c.did, c.modality, format_text(c.txt), c.img_path, c.src_content)
@@ -836,7 +831,8 @@ class Index:
     def _checked_candidate(self, c: Any, root: Path | None, problems: Problems, allow_outside_root: bool,
                            folders: dict[str, str]) -> Candidate | None:
         """The checks a pool file's reader makes, for candidates given as objects: a record-like id, a modality
-        that matches the fields set, an image path inside the data root. None (reported) when one fails."""
+        that matches the fields set, an image path inside the data root ``root`` (resolved) or, for an upload,
+        this index's media folder. None (reported) when one fails."""
         if not isinstance(c, Candidate):
             problems.add(f"expected a Candidate, got {type(c).__name__}")
             return None
@@ -851,13 +847,18 @@ class Index:
             return None
         has_text, has_image = isinstance(c.txt, str) and bool(c.txt.strip()), isinstance(c.img_path, str) \
             and bool(c.img_path)
-        if (modality.has_text, modality.has_image) != (has_text, has_image):
-            problems.add(f"modality {modality.value!r} does not match the fields that are set (text: "
-                         f"{'yes' if has_text else 'no'}, image: {'yes' if has_image else 'no'})", item=c.did,
-                         field_name="modality")
+        why = modality_mismatch(modality, has_text, has_image)
+        if why:
+            problems.add(why, item=c.did, field_name="modality")
             return None
-        if has_image and not c.img_path.startswith(INDEX_MEDIA) and not allow_outside_root and root is not None \
-                and not within_root(root, c.img_path, folders):
+        if has_image and c.img_path.startswith(INDEX_MEDIA):  # an upload: only this index's media folder
+            try:
+                self.image_path(c)
+            except NotFoundError as exc:
+                problems.add(str(exc), item=c.did, field_name="img_path")
+                return None
+        elif has_image and not allow_outside_root and root is not None and not within_root(root, c.img_path,
+                                                                                          folders):
             problems.add(f"image path {c.img_path!r} leaves the data root {root}; pass allow_outside_root=True to "
                          "index it anyway", item=c.did, field_name="img_path")
             return None
