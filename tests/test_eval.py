@@ -7,6 +7,7 @@ from unimir import Index, evaluate
 from unimir.data.mbeir import InstructionTable, query_text, read_queries
 from unimir.data.records import Modality
 from unimir.encoders import Item
+from unimir.errors import InvalidInputError
 from unimir.eval import format_table, write_json
 from unimir.eval.metrics import expected_hit_at_k
 from unimir.ranking import Ranking
@@ -113,3 +114,13 @@ def test_without_the_modality_filter_every_candidate_is_searched(index, corpus, 
     texts = {c.did for c in index.candidates if c.modality == Modality.TEXT}
     ranked = lambda d: {line.split()[2] for f in d.glob("*.run") for line in f.read_text().splitlines()}  # noqa: E731
     assert not ranked(tmp_path / "f") & texts and ranked(tmp_path / "u") & texts
+
+
+def test_evaluate_takes_one_file_as_a_path_and_checks_its_numbers(index, corpus):
+    (one,) = evaluate(index, str(corpus["t2i"]), ks=np.array([1, 5]))
+    (same,) = evaluate(index, [corpus["t2i"]], ks=(1, 5))
+    assert one.recall == same.recall and one.num_queries == 18
+    for kwargs, message in ((dict(ks=(0,)), "ks must be"), (dict(ks=()), "ks must be"),
+                            (dict(batch_size=0), "batch_size must be")):
+        with pytest.raises(InvalidInputError, match=message):
+            evaluate(index, [corpus["t2i"]], **kwargs)

@@ -16,6 +16,7 @@ from ..data.records import Query, SourceRows
 from ..data.tasks import eval_set, task_name
 from ..errors import InvalidInputError
 from ..index import Index
+from ..index.index import MAX_K
 from ..progress import progress_bar
 from ..queries import load_instructions, mbeir_root, prepare_queries
 from .metrics import expected_hit_at_k, random_hit_at_k
@@ -67,6 +68,13 @@ def evaluate(index: Index, query_files: Sequence["str | Path"], *, qrels: Sequen
     ``diagnose`` adds, for generative modes, where recall is lost
     (``unimir.eval.diagnose``) to each result's ``extra["diagnosis"]``.
     """
+    query_files = [query_files] if isinstance(query_files, (str, Path)) else list(query_files)  # one file, too
+    qrels = [qrels] if isinstance(qrels, (str, Path)) else list(qrels)
+    ks = [int(k) for k in ks]
+    if not ks or min(ks) < 1 or max(ks) > MAX_K:
+        raise InvalidInputError(f"ks must be integers from 1 to {MAX_K}, got {ks}")
+    if batch_size < 1:
+        raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}")
     problems = problems if problems is not None else Problems()
     if runs_dir is not None:
         check_writable_dir(runs_dir, "--runs")  # before the work, not after it
