@@ -187,11 +187,8 @@ class Encoder(ABC):
     def max_text_tokens(self) -> int | None:
         return self.max_length
 
-    def count_over_length(self, texts: Sequence[str]) -> int:
-        """How many of ``texts`` the encoder truncates; 0 for encoders that do not know."""
-        return len(self._over_rows(texts))
-
     def _over_rows(self, texts: Sequence[str]) -> list[int]:
+        """Which of ``texts`` the encoder truncates; none for encoders that do not know."""
         if self.tokenizer is None or self.max_length is None:
             return []
         return tokens_over(self.tokenizer, texts, self.max_length)

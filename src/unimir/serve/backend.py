@@ -436,10 +436,9 @@ def _int(value: Any, name: str, default: int | None) -> int | None:
         n = value
     elif isinstance(value, float) and value.is_integer():
         n = int(value)
-    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit() and len(value.strip()) <= 18:
-        n = int(value.strip())
     elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-        n = MAX_K + MAX_BEAMS + 1  # far out of range (and too long for int() to parse at all past 4,300 digits)
+        # past 18 digits far out of range (and past 4,300 too long for int() to parse at all)
+        n = int(value.strip()) if len(value.strip()) <= 18 else MAX_K + MAX_BEAMS + 1
     else:
         raise InvalidInputError(f"{name} must be an integer, got {_shown(value)}")
     if name == "k" and not 1 <= n <= MAX_K:
